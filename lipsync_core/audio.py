@@ -1,0 +1,187 @@
+"""Audio decoding and the exact mel spectrogram the Wav2Lip weights were trained on.
+
+Constants are the reference's hparams. The one trap: the reference called `librosa.stft` when its default
+padding was *reflect*; librosa 0.10 switched the default to zeros. We compute the STFT ourselves (reflect
+padding, periodic Hann, block by block so a long track never builds a huge complex matrix) and take only
+the Slaney mel filterbank from librosa.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+
+import numpy as np
+
+from .errors import LipsyncError
+from .tools import ffmpeg_exe
+
+SAMPLE_RATE = 16000
+N_FFT = 800
+HOP = 200  # 12.5 ms: 80 mel frames per second
+WIN = 800
+N_MELS = 80
+FMIN, FMAX = 55.0, 7600.0
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0
+REF_LEVEL_DB = 20.0
+MAX_ABS = 4.0
+MEL_STEP = 16  # mel frames the generator sees per video frame (0.2 s)
+MEL_FPS = SAMPLE_RATE / HOP  # 80.0
+
+_STFT_BLOCK = 4096  # STFT frames per block: bounds memory on long audio
+
+
+def load_audio(path: str, sr: int = SAMPLE_RATE, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+    """Decode any audio ffmpeg reads (wav, mp3, m4a, a video's sound) to float32 mono at `sr`.
+
+    Mirrors the reference's `librosa.load(path, sr=16000)`: native-rate float samples, channels averaged,
+    then soxr 'HQ' resampling. A 16 kHz mono file comes back with exactly its own samples.
+    `offset` may be negative (leading silence); `duration` pads with silence past the file's end.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise LipsyncError(f"audio file not found: {path}")
+    native_sr, channels = _audio_format(path)
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    if offset > 0:
+        args += ["-ss", f"{offset:.6f}"]
+    args += ["-i", path, "-map", "0:a:0", "-vn"]
+    if duration is not None:
+        args += ["-t", f"{max(0.0, duration + min(offset, 0.0)):.6f}"]
+    args += ["-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    proc = subprocess.run(args, capture_output=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise LipsyncError(f"could not decode the audio of {path}: " + " | ".join(tail))
+    wav = np.frombuffer(proc.stdout, np.float32)
+    if channels > 1:
+        wav = wav[: len(wav) // channels * channels].reshape(-1, channels).mean(axis=1)
+    if native_sr != sr and len(wav):
+        import soxr
+
+        wav = soxr.resample(wav, native_sr, sr, quality="HQ")
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if offset < 0:
+        wav = np.concatenate([np.zeros(int(round(-offset * sr)), np.float32), wav])
+    if duration is not None:
+        n = int(round(duration * sr))
+        wav = wav[:n] if len(wav) >= n else np.pad(wav, (0, n - len(wav)))
+    return wav
+
+
+def _audio_format(path: str) -> tuple[int, int]:
+    """(sample_rate, channels) of the first audio stream; LipsyncError if there is none."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True)
+    text = proc.stderr.decode("utf-8", "replace")
+    import re
+
+    for line in text.splitlines():
+        if "Stream #" in line and "Audio:" in line:
+            m = re.search(r"(\d+) Hz", line)
+            rate = int(m.group(1)) if m else SAMPLE_RATE
+            spec = line.split("Hz", 1)[1] if "Hz" in line else ""
+            channels = 1 if ", mono" in spec else 2 if ", stereo" in spec else _channel_count(spec)
+            return rate, channels
+    if "Invalid data" in text or "could not find codec" in text.lower():
+        raise LipsyncError(f"{path} is not an audio or video file ffmpeg can read")
+    raise LipsyncError(f"{path} has no audio stream: give a file with sound (wav, mp3, m4a, or a video with audio)")
+
+
+def _channel_count(spec: str) -> int:
+    import re
+
+    m = re.search(r"(\d+) channels", spec)
+    if m:
+        return int(m.group(1))
+    layouts = {"5.1": 6, "7.1": 8, "quad": 4, "2.1": 3, "4.0": 4, "5.0": 5, "6.1": 7}
+    for name, n in layouts.items():
+        if f", {name}" in spec:
+            return n
+    return 2
+
+
+@functools.cache
+def _mel_basis() -> np.ndarray:
+    import librosa.filters
+
+    # librosa's defaults here are Slaney-style (htk=False, norm="slaney"), as the reference used.
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX).astype(np.float32)
+
+
+@functools.cache
+def _window() -> np.ndarray:
+    # periodic Hann (scipy get_window('hann', 800, fftbins=True)), what librosa.stft uses
+    n = np.arange(WIN)
+    return (0.5 - 0.5 * np.cos(2 * np.pi * n / WIN)).astype(np.float64)
+
+
+def preemphasis(wav: np.ndarray) -> np.ndarray:
+    """y[n] = x[n] - 0.97 x[n-1], i.e. lfilter([1, -0.97], [1], x)."""
+    x = np.asarray(wav, np.float64)
+    y = np.empty_like(x)
+    if len(x):
+        y[0] = x[0]
+        y[1:] = x[1:] - PREEMPHASIS * x[:-1]
+    return y
+
+
+def stft_magnitude(y: np.ndarray) -> np.ndarray:
+    """|STFT| (N_FFT//2+1, T): centred frames, reflect padding, periodic Hann; T = 1 + len(y) // HOP."""
+    pad = N_FFT // 2
+    if len(y) <= pad:
+        raise LipsyncError("the audio is too short: it needs at least 0.2 s of sound")
+    yp = np.pad(y, pad, mode="reflect")
+    n_frames = 1 + (len(yp) - N_FFT) // HOP
+    frames = np.lib.stride_tricks.sliding_window_view(yp, N_FFT)[::HOP][:n_frames]
+    win = _window()
+    out = np.empty((N_FFT // 2 + 1, n_frames), np.float32)
+    for s in range(0, n_frames, _STFT_BLOCK):
+        block = frames[s : s + _STFT_BLOCK] * win
+        out[:, s : s + _STFT_BLOCK] = np.abs(np.fft.rfft(block, axis=1)).T
+    return out
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """Wav2Lip's normalised log-mel, (80, T) float32 in [-4, 4], T = 1 + len(wav) // 200."""
+    mag = stft_magnitude(preemphasis(wav))
+    mel = _mel_basis() @ mag
+    min_level = np.float32(10 ** (MIN_LEVEL_DB / 20))  # 1e-5
+    s = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+    s = np.clip((2 * MAX_ABS) * ((s - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS, -MAX_ABS, MAX_ABS)
+    return s.astype(np.float32)
+
+
+def chunk_starts(n_mel: int, fps: float) -> np.ndarray:
+    """Start column of every chunk by the reference's rule (its float arithmetic kept: i * (80 / fps)).
+
+    Chunks run while they fit; the first that would run past the end is replaced by the last 16 columns
+    and ends the list.
+    """
+    mult = 80.0 / fps
+    n = int(np.ceil(n_mel / mult)) + 2  # enough that the last start is past the end
+    starts = (np.arange(n, dtype=np.float64) * mult).astype(np.int64)
+    first_over = int(np.nonzero(starts + MEL_STEP > n_mel)[0][0])
+    starts = starts[: first_over + 1]
+    starts[-1] = n_mel - MEL_STEP
+    return starts
+
+
+def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
+    """(N, 80, 16) chunks, one per video frame, exactly as the reference's inference loop builds them."""
+    if mel.shape[1] < MEL_STEP:
+        raise LipsyncError("the audio is too short: it needs at least 0.2 s of sound")
+    starts = chunk_starts(mel.shape[1], fps)
+    idx = starts[:, None] + np.arange(MEL_STEP)[None, :]
+    return np.ascontiguousarray(mel[:, idx].transpose(1, 0, 2))
+
+
+def mel_chunk_at(mel: np.ndarray, frame: int | np.ndarray, fps: float) -> np.ndarray:
+    """Chunk(s) for video frame index(es), clamped like the reference's last chunk: (80,16) or (B,80,16)."""
+    frames = np.atleast_1d(np.asarray(frame, np.int64))
+    starts = (frames.astype(np.float64) * (80.0 / fps)).astype(np.int64)
+    starts = np.minimum(starts, mel.shape[1] - MEL_STEP)
+    idx = starts[:, None] + np.arange(MEL_STEP)[None, :]
+    out = mel[:, idx].transpose(1, 0, 2)
+    return out[0] if np.ndim(frame) == 0 else np.ascontiguousarray(out)
