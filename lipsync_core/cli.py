@@ -1,0 +1,138 @@
+"""`python -m lipsync_core`: a thin layer over lipsync_core.sync and lipsync_core.weights.
+
+Exit codes: 0 done, 2 bad arguments or inputs (the message says what to do), 130 cancelled (Ctrl+C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from .errors import Cancelled, LipsyncError
+
+DETECTORS = ("auto", "sfd", "opencv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sync import SyncOptions
+
+    d = SyncOptions()
+    p = argparse.ArgumentParser(prog="python -m lipsync_core",
+                                description="Lip-sync a video to new audio with Wav2Lip (face parts only).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def detection_args(sp):
+        sp.add_argument("--detector", choices=DETECTORS, default=d.detector,
+                        help="face detector: sfd (S3FD, what Wav2Lip was trained with; needs its weights), "
+                             "opencv (Haar cascade, offline), auto = sfd if available else opencv")
+        sp.add_argument("--face", choices=("largest", "left", "right", "center"), default=d.face,
+                        help="which face to follow when several are visible (default: largest)")
+        sp.add_argument("--detect-every", type=int, default=d.detect_every, metavar="N",
+                        help="run the detector on every N-th frame and track in between (default %(default)s; "
+                             "1 = every frame)")
+        sp.add_argument("--detect-width", type=int, default=d.detect_width, metavar="PX",
+                        help="detect on frames downscaled to this width (default %(default)s)")
+        sp.add_argument("--min-segment", type=float, default=d.min_segment_seconds, metavar="SECONDS",
+                        help="shorter face/no-face segments merge into their neighbours (default %(default)s)")
+        sp.add_argument("--no-cache", action="store_true", help="detect again even if this file was analysed")
+        sp.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device,
+                        help="auto: CUDA, then Apple MPS, then CPU")
+
+    s = sub.add_parser("segments", help="find face / no-face segments of a video")
+    s.add_argument("video")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    detection_args(s)
+
+    y = sub.add_parser("sync", help="lip-sync VIDEO to AUDIO")
+    y.add_argument("video", help="the footage (any format ffmpeg reads)")
+    y.add_argument("audio", help="the new audio (wav, mp3, m4a, or a video's sound)")
+    y.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + AAC)")
+    y.add_argument("--checkpoint", required=True, help="wav2lip.pth or wav2lip_gan.pth")
+    y.add_argument("--segments", default=d.segments,
+                   help='auto (detect face/no-face parts), all (whole clip is a face part), or face ranges '
+                        'in seconds like "31-60,69-84"')
+    y.add_argument("--box", type=int, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
+                   help="fixed face box in pixels: skips detection")
+    y.add_argument("--pads", type=int, nargs=4, default=list(d.pads), metavar=("T", "B", "L", "R"),
+                   help="grow the detected box (top bottom left right; default 0 10 0 0: include the chin)")
+    y.add_argument("--no-smooth", action="store_true", help="do not average boxes over 5 frames")
+    y.add_argument("--blend", choices=("feather", "box"), default=d.blend,
+                   help="feather: only the lower face with a soft edge (default); box: paste the whole box")
+    y.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="frames per generator batch (default 32 on CPU, 128 on CUDA)")
+    y.add_argument("--match", choices=("video", "audio"), default=d.match,
+                   help="video: keep every frame, audio trimmed/padded (default); audio: cut or loop the "
+                        "video to the audio's length")
+    y.add_argument("--json-progress", action="store_true",
+                   help="print progress as JSON lines (stage, done, total) instead of bars")
+    detection_args(y)
+
+    from .weights import add_subparser
+
+    add_subparser(sub)
+    return p
+
+
+def options_from_args(args):
+    from .sync import SyncOptions
+
+    o = SyncOptions(detector=args.detector, face=args.face, detect_every=max(1, args.detect_every),
+                    detect_width=args.detect_width, min_segment_seconds=args.min_segment,
+                    cache=not args.no_cache, device=args.device)
+    if args.command == "sync":
+        o.segments = args.segments
+        o.box = tuple(args.box) if args.box else None
+        o.pads = tuple(args.pads)
+        o.smooth = not args.no_smooth
+        o.blend = args.blend
+        o.batch_size = args.batch_size
+        o.match = args.match
+    return o
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None):  # weights subcommands
+        try:
+            return args.func(args)
+        except LipsyncError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    from .progress import CancelToken, JsonProgress, TqdmProgress
+
+    json_progress = getattr(args, "json_progress", False)
+    progress = JsonProgress() if json_progress else TqdmProgress()
+    cancel = CancelToken()
+    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    try:
+        from . import sync as engine
+
+        opts = options_from_args(args)
+        if args.command == "segments":
+            result = engine.find_segments(args.video, opts, progress=progress, cancel=cancel)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            else:
+                print(f"{args.video}: {result['frames']} frames at {result['fps']:g} fps")
+                for seg in result["segments"]:
+                    kind = "face   " if seg["face"] else "no face"
+                    print(f"  {kind} {seg['start']:8.2f} - {seg['end']:8.2f} s   frames {seg['start_frame']}-"
+                          f"{seg['end_frame']}")
+            return 0
+        result = engine.sync(args.video, args.audio, args.output, args.checkpoint, opts, progress, cancel)
+        if json_progress:
+            progress.emit({"event": "result", **result})
+        else:
+            faces = sum(1 for s in result["segments"] if s["face"])
+            print(f"wrote {result['output']}: {result['frames']} frames, {result['face_frames']} lip-synced in "
+                  f"{faces} face segment(s), {result['seconds']:.1f} s on {result['device']}", file=sys.stderr)
+        return 0
+    except LipsyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled: nothing was written", file=sys.stderr)
+        return 130

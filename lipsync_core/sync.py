@@ -1,0 +1,412 @@
+"""The pipeline: decode -> detect/track -> mel -> generator -> composite -> encode, as streams.
+
+Two passes over the video, both streamed: a cheap analysis pass (downscaled frames, detection on keyframes,
+cached per file) gives one box per frame, a few bytes each; the render pass decodes full frames, batches the
+face frames through the generator and writes every frame to the encoder in order. Memory is bounded by the
+batch size, not by the clip's length.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import audio as A
+from .errors import LipsyncError
+from .progress import CancelToken, Progress
+from .segments import Segment, all_face, parse_ranges, segments_from_presence, segments_to_dict
+
+IMG = 96  # the generator's face size
+
+
+@dataclass
+class SyncOptions:
+    segments: str = "auto"  # "auto" | "all" | "31-60,69-84" (face ranges in seconds)
+    box: tuple[int, int, int, int] | None = None  # fixed face box x1 y1 x2 y2: skips detection
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (the reference's order)
+    smooth: bool = True
+    detector: str = "auto"
+    face: str = "largest"  # which face to follow: largest | left | right | center
+    blend: str = "feather"  # feather | box
+    device: str = "auto"
+    batch_size: int | None = None  # None: per device
+    match: str = "video"  # video: keep every frame; audio: cut/loop the video to the audio (reference)
+    detect_width: int = 480  # analysis pass decodes at most this wide
+    detect_every: int = 5  # detector on every n-th frame, tracked in between (exact at face/no-face changes)
+    min_segment_seconds: float = 0.5
+    max_gap_seconds: float = 0.4  # a face lost for up to this long inside a face run is bridged
+    cache: bool = True
+    crf: int = 18
+
+
+@dataclass
+class StageClock:
+    """Seconds spent per stage; the benchmark reads it, the result reports it."""
+
+    seconds: dict = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - t0
+        return now
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress | None = None,
+                  cancel: CancelToken | None = None, clock: StageClock | None = None):
+    """One FaceTrack for the whole video: from the cache when the same file was analysed before."""
+    from .faces import cache
+    from .faces.detectors import get_detector
+    from .faces.track import track_faces
+    from .video import FrameReader, probe
+
+    info = info or probe(video)
+    progress = progress or Progress()
+    width = min(opts.detect_width, info.width)
+    width -= width % 2
+    height = max(2, int(round(info.height * width / info.width / 2)) * 2)
+    scale = width / info.width
+    settings = {"detector": opts.detector, "width": width, "every": opts.detect_every, "face": opts.face,
+                "version": 1}
+    if opts.cache:
+        track = cache.load_track(video, settings)
+        if track is not None and len(track.boxes) == info.frames:
+            progress.log("face detection: reused the cached result for this file")
+            return track
+    t0 = time.perf_counter()
+    detector = get_detector(opts.detector, device=_detector_device(opts.device), log=progress.log)
+    with FrameReader(video, size=(width, height), info=info) as frames:
+        track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every, select=opts.face,
+                            total=info.frames, progress=progress, cancel=cancel)
+    if clock is not None:
+        clock.add("detect", t0)
+    if opts.cache:
+        cache.save_track(video, settings, track)
+    return track
+
+
+def _detector_device(device: str) -> str:
+    if device in ("cpu", "cuda", "mps"):
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def presence(track) -> np.ndarray:
+    return ~np.isnan(track.boxes[:, 0])
+
+
+def find_segments(video: str, opts: SyncOptions | None = None, start_frame: int = 0, end_frame: int | None = None,
+                  progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
+    """Face / no-face segments of frames [start_frame, end_frame) (source frames), as the CLI's JSON."""
+    from .video import probe
+
+    opts = opts or SyncOptions()
+    info = probe(video)
+    start, end = _check_range(info, start_frame, end_frame)
+    track = analyze_faces(video, opts, info, progress, cancel)
+    segs = _auto_segments(presence(track)[start:end], info.fps, opts)
+    segs = [Segment(s.start_frame + start, s.end_frame + start, s.face) for s in segs]
+    out = segments_to_dict(segs, info.fps, info.frames)
+    out["start_frame"], out["end_frame"] = start, end
+    return out
+
+
+def _auto_segments(has_face: np.ndarray, fps: float, opts: SyncOptions) -> list[Segment]:
+    return segments_from_presence(has_face, min_frames=max(1, int(round(opts.min_segment_seconds * fps))),
+                                  max_gap=int(round(opts.max_gap_seconds * fps)))
+
+
+def _check_range(info, start: int, end: int | None) -> tuple[int, int]:
+    end = info.frames if end is None else end
+    if not (0 <= start < end <= info.frames):
+        raise LipsyncError(f"frame range {start}-{end} is outside the video ({info.frames} frames): "
+                           "choose a range inside the clip")
+    return start, end
+
+
+# ------------------------------------------------------------------------------------------------ render
+
+
+class Engine:
+    """Loaded model + generator + compositor, reused for every clip of a job."""
+
+    def __init__(self, checkpoint: str, opts: SyncOptions, progress: Progress | None = None):
+        from .composite import Compositor
+        from .device import pick_device, pick_dtype
+        from .inference import FaceGenerator
+        from .model import load_model
+
+        self.opts = opts
+        self.progress = progress or Progress()
+        self.device = pick_device(opts.device)
+        self.dtype = pick_dtype(self.device)
+        model = load_model(checkpoint, device=self.device)
+        self.generator = FaceGenerator(model, self.device, self.dtype)
+        self.compositor = Compositor(opts.blend)
+        self.batch_size = opts.batch_size or (128 if self.device.type == "cuda" else 32)
+        self.progress.log(f"generator on {self.device} ({str(self.dtype).replace('torch.', '')}), "
+                          f"batch {self.batch_size}")
+
+    def render(self, video: str, info, frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray,
+               audio_path: str, audio_start: float, output: str, cancel: CancelToken | None = None,
+               clock: StageClock | None = None) -> dict:
+        """Write `output`: source frames `frames` (indices, in order) with the mouth redone where boxes >= 0.
+
+        boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
+        """
+        from .video import FrameReader, VideoEncoder
+
+        cancel = cancel or CancelToken()
+        clock = clock or StageClock()
+        n = len(frames)
+        progress = self.progress
+        progress.start("sync", n)
+        pool = ThreadPoolExecutor(max_workers=1)  # generator runs while the main thread decodes/blends
+        pending = None  # (future, [(frame, box) ...]) of the batch being generated
+        buf: list = []  # [(k, frame, box|None)] waiting for the next batch, in output order
+        n_face = 0
+
+        def flush_pending(enc):
+            nonlocal pending
+            if pending is None:
+                return
+            fut, items = pending
+            pending = None
+            t0 = time.perf_counter()
+            faces = fut.result()
+            t0 = clock.add("generator", t0)
+            fi = 0
+            for _, frame, box in items:
+                if box is not None:
+                    self.compositor.paste(frame, faces[fi], box)
+                    fi += 1
+            t0 = clock.add("blend", t0)
+            for _, frame, _ in items:
+                enc.write(frame)
+            clock.add("encode", t0)
+            progress.advance("sync", len(items))
+
+        def submit(enc):
+            nonlocal pending, buf
+            if not buf:
+                return
+            items, buf = buf, []
+            t0 = time.perf_counter()
+            face_items = [(k, f, b) for k, f, b in items if b is not None]
+            if face_items:
+                crops = np.empty((len(face_items), IMG, IMG, 3), np.uint8)
+                for i, (_, f, b) in enumerate(face_items):
+                    crops[i] = _crop96(f, b)
+                mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
+                clock.add("crop", t0)
+                fut = pool.submit(self.generator.predict, mels, crops)
+            else:
+                fut = pool.submit(lambda: None)
+            flush_pending(enc)  # finish the previous batch while this one runs
+            pending = (fut, items)
+
+        try:
+            contiguous = bool(n) and int(frames[-1]) - int(frames[0]) == n - 1
+            with VideoEncoder(output, info.width, info.height, info.fps_rational, audio_path=audio_path,
+                              audio_start=audio_start, n_frames=n, crf=self.opts.crf) as enc:
+                for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock)):
+                    cancel.check()
+                    box = boxes[k]
+                    has = box[0] >= 0
+                    buf.append((k, frame, tuple(int(v) for v in box) if has else None))
+                    n_face += has
+                    if sum(1 for _, _, b in buf if b is not None) >= self.batch_size or (
+                            not has and len(buf) >= self.batch_size):
+                        submit(enc)
+                submit(enc)
+                flush_pending(enc)
+                t0 = time.perf_counter()
+            clock.add("encode", t0)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            progress.finish("sync")
+        return {"output": output, "frames": n, "face_frames": int(n_face)}
+
+
+def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock):
+    """Decode the requested source frames in order; a looped clip (--match audio) re-opens the stream."""
+    from .video import FrameReader
+
+    if contiguous:
+        runs = [(int(frames[0]), int(frames[-1]) + 1)]
+    else:  # split into increasing runs (a loop restarts at 0)
+        breaks = np.nonzero(np.diff(frames) != 1)[0] + 1
+        runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(frames, breaks)]
+    for s, e in runs:
+        with FrameReader(video, start_frame=s, end_frame=e, info=info) as reader:
+            t0 = time.perf_counter()
+            for frame in reader:
+                t0 = clock.add("decode", t0)
+                yield frame
+                t0 = time.perf_counter()
+
+
+def _crop96(frame: np.ndarray, box) -> np.ndarray:
+    import cv2
+
+    x1, y1, x2, y2 = box
+    return cv2.resize(frame[y1:y2, x1:x2], (IMG, IMG))
+
+
+# --------------------------------------------------------------------------------------------- top level
+
+
+def plan_boxes(video: str, info, opts: SyncOptions, face_segments: list[Segment], progress: Progress,
+               cancel: CancelToken | None, clock: StageClock | None) -> np.ndarray:
+    """One box per source frame (int32 (N,4), -1 where the frame keeps its picture)."""
+    from .faces.track import face_boxes, fixed_boxes
+
+    boxes = np.full((info.frames, 4), -1, np.int32)
+    if not face_segments:
+        return boxes
+    if opts.box is not None:
+        every = fixed_boxes(info.frames, opts.box, info.width, info.height)
+    else:
+        track = analyze_faces(video, opts, info, progress, cancel, clock)
+        every = face_boxes(track, pads=opts.pads, smooth=opts.smooth,
+                           max_gap=int(round(opts.max_gap_seconds * info.fps)))
+    for seg in face_segments:
+        part = every[seg.start_frame : seg.end_frame]
+        found = part[:, 0] >= 0
+        if not found.any():
+            raise LipsyncError(f"no face was found in {seg.start_frame / info.fps:.2f}-{seg.end_frame / info.fps:.2f} s "
+                               "(frames {}-{}): mark that range as no-face, or give the face box with --box".format(
+                                   seg.start_frame, seg.end_frame))
+        if not found.all():
+            progress.log(f"{int((~found).sum())} frames in {seg.start_frame}-{seg.end_frame} have no face and keep "
+                         "their picture")
+        boxes[seg.start_frame : seg.end_frame] = part
+    return boxes
+
+
+def resolve_segments(video: str, info, opts: SyncOptions, progress: Progress, cancel, clock) -> list[Segment]:
+    spec = opts.segments if isinstance(opts.segments, str) else None
+    if spec is None:
+        return list(opts.segments)
+    spec = spec.strip().lower()
+    if spec == "all" or (spec == "auto" and opts.box is not None):
+        return all_face(info.frames)
+    if spec == "auto":
+        track = analyze_faces(video, opts, info, progress, cancel, clock)
+        return _auto_segments(presence(track), info.fps, opts)
+    return parse_ranges(opts.segments, info.fps, info.frames)
+
+
+def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions | None = None,
+         progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
+    """Lip-sync `video` to `audio` into `output` (H.264 + AAC). Returns a report (segments, timings...)."""
+    from .video import probe, probe_audio
+
+    opts = opts or SyncOptions()
+    progress = progress or Progress()
+    cancel = cancel or CancelToken()
+    clock = StageClock()
+    t_start = time.perf_counter()
+    _check_output(output, [video, audio, checkpoint])
+    info = probe(video)
+    ainfo = probe_audio(audio)
+    _check_checkpoint(checkpoint)
+    engine = Engine(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
+
+    segments = resolve_segments(video, info, opts, progress, cancel, clock)
+    face_segs = [s for s in segments if s.face]
+    boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
+
+    t0 = time.perf_counter()
+    if opts.match == "audio":
+        # the reference: one output frame per mel chunk of the whole audio; video cut or looped to it
+        wav = A.load_audio(audio)
+        mel = A.melspectrogram(wav)
+        n_out = len(A.chunk_starts(mel.shape[1], info.fps))
+        frames = np.arange(n_out) % info.frames
+    else:
+        n_out = info.frames
+        wav = A.load_audio(audio, duration=n_out / info.fps)
+        mel = A.melspectrogram(wav)
+        frames = np.arange(n_out)
+    clock.add("mel", t0)
+    if n_out and not opts.match == "audio" and ainfo.duration < 0.05:
+        raise LipsyncError(f"{audio} has no sound to sync to")
+    result = engine.render(video, info, frames, boxes[frames], mel, audio, 0.0, output, cancel, clock)
+    total = time.perf_counter() - t_start
+    result.update(segments_to_dict(segments, info.fps, info.frames))
+    result.update({"device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+                   "seconds": total, "timings": dict(clock.seconds)})
+    return result
+
+
+def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts: SyncOptions | None = None,
+               progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
+    """The Blender worker's job: several clips of one video, each with its own slice of the audio.
+
+    clip: {"start_frame", "end_frame" (source frames, end exclusive), "audio_start" (seconds in the audio
+    file for the clip's first frame), "output", "face" (lip-sync it, or only replace its sound)}.
+    """
+    from .video import probe, probe_audio
+
+    opts = opts or SyncOptions()
+    progress = progress or Progress()
+    cancel = cancel or CancelToken()
+    clock = StageClock()
+    info = probe(video)
+    probe_audio(audio)
+    _check_checkpoint(checkpoint)
+    for c in clips:
+        _check_range(info, int(c["start_frame"]), int(c["end_frame"]))
+        _check_output(c["output"], [video, audio, checkpoint])
+    engine = Engine(checkpoint, opts, progress)
+    face_segs = [Segment(int(c["start_frame"]), int(c["end_frame"]), True) for c in clips if c.get("face", True)]
+    boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
+    results, written = [], []
+    try:
+        for c in clips:
+            s, e = int(c["start_frame"]), int(c["end_frame"])
+            dur = (e - s) / info.fps
+            wav = A.load_audio(audio, offset=float(c.get("audio_start", 0.0)), duration=dur)
+            mel = A.melspectrogram(wav)
+            clip_boxes = boxes[s:e] if c.get("face", True) else np.full((e - s, 4), -1, np.int32)
+            r = engine.render(video, info, np.arange(s, e), clip_boxes, mel, audio,
+                              float(c.get("audio_start", 0.0)), c["output"], cancel, clock)
+            written.append(c["output"])
+            r.update({"start_frame": s, "end_frame": e})
+            results.append(r)
+    except BaseException:
+        for path in written:  # all or nothing: a failed or cancelled job leaves no outputs behind
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        raise
+    return {"clips": results, "fps": info.fps, "timings": dict(clock.seconds)}
+
+
+def _check_output(output: str, inputs: list[str]) -> None:
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise LipsyncError(f"the output folder {folder} does not exist: create it or choose another -o path")
+    out = os.path.abspath(output)
+    if any(os.path.exists(p) and os.path.abspath(p) == out for p in inputs):
+        raise LipsyncError(f"the output {output} would overwrite an input: choose another -o path")
+
+
+def _check_checkpoint(path: str) -> None:
+    if not path:
+        raise LipsyncError("no checkpoint given: pass --checkpoint PATH to wav2lip.pth or wav2lip_gan.pth "
+                           "(see `python -m lipsync_core weights list`)")
+    if not os.path.isfile(path):
+        raise LipsyncError(f"checkpoint not found: {path}. Download it with "
+                           "`python -m lipsync_core weights download wav2lip_gan` or give its path")

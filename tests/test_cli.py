@@ -1,0 +1,131 @@
+"""End to end through the real CLI: made clip, random-weight checkpoint, real ffmpeg and torch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import media
+from ckpt import write_random_checkpoint
+from lipsync_core import audio as A
+from lipsync_core.video import FrameReader, probe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N1, N0, N2 = 40, 30, 40  # face, no face, face frames
+
+
+def run_cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, LIPSYNC_CACHE_DIR=os.environ.get("LIPSYNC_TEST_CACHE", ""))
+    if not env["LIPSYNC_CACHE_DIR"]:
+        env.pop("LIPSYNC_CACHE_DIR")
+    return subprocess.run([sys.executable, "-m", "lipsync_core", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    os.environ["LIPSYNC_TEST_CACHE"] = str(d / "cache")
+    tone = media.tone_wav(d / "own.wav", 5.0, freq=300)
+    clip = media.face_noface_face_clip(d / "clip.mp4", N1, N0, N2, audio=tone)
+    speech = media.speech_wav(d / "speech.wav", seconds=4.0)
+    ckpt = write_random_checkpoint(d / "wav2lip_random.pth")
+    return {"dir": d, "clip": clip, "speech": speech, "ckpt": ckpt, "tone": tone}
+
+
+def frames_of(path):
+    with FrameReader(str(path)) as r:
+        return np.stack(list(r)).astype(np.int16)
+
+
+def test_segments_json_finds_the_cuts(work):
+    r = run_cli("segments", work["clip"], "--json", "--detector", "opencv")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["fps"] == 25.0 and out["frames"] == N1 + N0 + N2
+    segs = out["segments"]
+    assert [s["face"] for s in segs] == [True, False, True]
+    assert abs(segs[0]["end_frame"] - N1) <= 2 and abs(segs[1]["end_frame"] - (N1 + N0)) <= 2
+    assert segs[0]["start_frame"] == 0 and segs[-1]["end_frame"] == N1 + N0 + N2
+    assert segs[1]["start"] == pytest.approx(segs[1]["start_frame"] / 25.0)
+
+
+def test_sync_end_to_end(work):
+    out = work["dir"] / "synced.mp4"
+    r = run_cli("sync", work["clip"], work["speech"], "-o", out, "--checkpoint", work["ckpt"],
+                "--detector", "opencv", "--json-progress")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert any(e["event"] == "progress" and e["stage"] == "sync" for e in events)
+    result = events[-1]
+    assert result["event"] == "result" and [s["face"] for s in result["segments"]] == [True, False, True]
+
+    src, dst = probe(str(work["clip"])), probe(str(out))
+    assert (dst.width, dst.height, dst.frames) == (src.width, src.height, src.frames)
+    assert dst.fps_rational in ("25/1", "25") and dst.has_audio
+
+    # the sound is the new audio, not the clip's own tone
+    got = A.load_audio(str(out))
+    new = A.load_audio(str(work["speech"]))[: len(got)]
+    own = A.load_audio(str(work["tone"]))[: len(got)]
+    assert abs(len(got) - src.frames / 25 * 16000) < 1600
+    corr_new = np.corrcoef(got[: len(new)], new[: len(got)])[0, 1]
+    corr_own = abs(np.corrcoef(got[: len(own)], own[: len(got)])[0, 1])
+    assert corr_new > 0.9 and corr_own < 0.2
+
+    a, b = frames_of(work["clip"]), frames_of(out)
+    diff = np.abs(a - b).mean(axis=3)  # (N, H, W)
+    seg = result["segments"]
+    noface = diff[seg[1]["start_frame"] + 1 : seg[1]["end_frame"] - 1]
+    assert noface.mean() < 1.0  # only re-encoding noise
+    # face frames: changed around the mouth, not elsewhere
+    face = diff[2 : seg[0]["end_frame"] - 2]
+    per_row = face.mean(axis=(0, 2))
+    h = per_row.shape[0]
+    top = per_row[: h // 5].mean()  # hair/forehead rows, far from the mouth
+    peak = per_row.max()
+    assert peak > 5 * max(top, 0.5), (peak, top)
+    assert face.mean() > noface.mean() + 0.5
+
+
+def test_match_audio_cuts_video_to_audio(work):
+    short = media.speech_wav(work["dir"] / "short.wav", text="Short line.", seconds=2.0)
+    out = work["dir"] / "short.mp4"
+    r = run_cli("sync", work["clip"], short, "-o", out, "--checkpoint", work["ckpt"], "--segments", "all",
+                "--box", 100, 60, 220, 200, "--match", "audio")
+    assert r.returncode == 0, r.stderr
+    n_chunks = len(A.chunk_starts(A.melspectrogram(A.load_audio(str(short))).shape[1], 25.0))
+    assert probe(str(out)).frames == n_chunks
+
+
+def bad(work, *args, expect):
+    out = work["dir"] / "bad_out.mp4"
+    r = run_cli(*[out if a == "OUT" else a for a in args])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert expect in r.stderr.lower(), r.stderr
+    assert not out.exists()
+    assert not [p for p in os.listdir(work["dir"]) if "bad_out" in p]  # no temp leftovers either
+    return r
+
+
+def test_bad_inputs(work, tmp_path):
+    c, s, k = work["clip"], work["speech"], work["ckpt"]
+    bad(work, "sync", tmp_path / "nope.mp4", s, "-o", "OUT", "--checkpoint", k, expect="not found")
+    bad(work, "sync", s, s, "-o", "OUT", "--checkpoint", k, expect="no video stream")
+    silent = media.write_video(tmp_path / "silent.mp4", media.noface_frames(10))
+    bad(work, "sync", c, silent, "-o", "OUT", "--checkpoint", k, expect="no audio stream")
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(open(k, "rb").read()[:100000])
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", trunc, expect="checkpoint")
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", tmp_path / "none.pth", expect="checkpoint not found")
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "1-9", expect="outside")
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "3-1", expect="")
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "0-2,1-3", expect="overlap")
+    r = run_cli("sync", c, s, "-o", tmp_path / "missing" / "o.mp4", "--checkpoint", k)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    # the no-face middle part (1.6-2.8 s) given as a face range: no face is ever found there
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "1.7-2.7", "--detector", "opencv",
+        expect="no face was found in 1.7")

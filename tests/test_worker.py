@@ -1,0 +1,89 @@
+"""The Blender worker process: JSON job in, JSON events out, cancel, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import media
+from ckpt import write_random_checkpoint
+from lipsync_core.video import probe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_worker(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, LIPSYNC_CACHE_DIR=str(tmp_path / "cache"))
+    return subprocess.Popen([sys.executable, "-m", "lipsync_core.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def events_of(proc, job, cancel_after_progress=False):
+    proc.stdin.write(json.dumps(job) + "\n")
+    proc.stdin.flush()
+    events = []
+    for line in proc.stdout:
+        ev = json.loads(line)
+        events.append(ev)
+        if cancel_after_progress and ev["event"] == "progress" and ev["stage"] == "sync" and ev["done"] > 0:
+            proc.stdin.write("cancel\n")
+            proc.stdin.flush()
+            cancel_after_progress = False
+    proc.wait(timeout=300)
+    return events
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("worker")
+    clip = media.face_noface_face_clip(d / "clip.mp4", 30, 20, 30, audio=media.tone_wav(d / "t.wav", 4, 300))
+    return {"dir": d, "clip": clip, "speech": media.speech_wav(d / "s.wav", seconds=4.0),
+            "ckpt": write_random_checkpoint(d / "w.pth")}
+
+
+def test_segments_and_sync_clips(work, tmp_path):
+    ev = events_of(start_worker(tmp_path), {"command": "segments", "video": str(work["clip"]),
+                                            "options": {"detector": "opencv"}})
+    assert ev[-1]["event"] == "result" and [s["face"] for s in ev[-1]["segments"]] == [True, False, True]
+    assert sum(e["event"] in ("result", "error", "cancelled") for e in ev) == 1
+
+    outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    job = {"command": "sync", "video": str(work["clip"]), "audio": str(work["speech"]),
+           "checkpoint": str(work["ckpt"]), "options": {"detector": "opencv"},
+           "clips": [{"start_frame": 0, "end_frame": 30, "audio_start": 0.0, "output": str(outs[0]), "face": True},
+                     {"start_frame": 50, "end_frame": 80, "audio_start": 2.0, "output": str(outs[1]),
+                      "face": True}]}
+    ev = events_of(start_worker(tmp_path), job)
+    assert ev[-1]["event"] == "result", ev[-1]
+    assert [c["frames"] for c in ev[-1]["clips"]] == [30, 30]
+    for out in outs:
+        info = probe(str(out))
+        assert info.frames == 30 and info.has_audio and abs(info.duration - 1.2) < 0.1
+
+
+def test_cancel_leaves_nothing(work, tmp_path):
+    out = tmp_path / "c.mp4"
+    job = {"command": "sync", "video": str(work["clip"]), "audio": str(work["speech"]),
+           "checkpoint": str(work["ckpt"]), "options": {"box": [100, 60, 220, 200], "batch_size": 4},
+           "clips": [{"start_frame": 0, "end_frame": 80, "audio_start": 0.0, "output": str(out)}]}
+    ev = events_of(start_worker(tmp_path), job, cancel_after_progress=True)
+    assert ev[-1]["event"] == "cancelled"
+    assert os.listdir(tmp_path) == ["cache"] or not any(p.endswith(".mp4") for p in os.listdir(tmp_path))
+
+
+def test_errors_are_events(work, tmp_path):
+    job = {"command": "sync", "video": str(work["clip"]), "audio": str(work["speech"]),
+           "checkpoint": str(tmp_path / "missing.pth"),
+           "clips": [{"start_frame": 0, "end_frame": 10, "output": str(tmp_path / "x.mp4")}]}
+    proc = start_worker(tmp_path)
+    ev = events_of(proc, job)
+    assert ev[-1]["event"] == "error" and "checkpoint not found" in ev[-1]["message"]
+    assert proc.returncode == 2
+    proc = start_worker(tmp_path)
+    proc.stdin.write("{not json\n")
+    proc.stdin.flush()
+    ev = [json.loads(x) for x in proc.stdout]
+    assert ev[-1]["event"] == "error" and "not valid JSON" in ev[-1]["message"]
