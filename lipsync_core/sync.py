@@ -84,7 +84,7 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     detector = get_detector(opts.detector, device=_detector_device(opts.device), log=progress.log)
     with FrameReader(video, size=(width, height), info=info) as frames:
         track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every, select=opts.face,
-                            total=info.frames, progress=progress, cancel=cancel)
+                            original_size=(info.width, info.height), total=info.frames, progress=progress, cancel=cancel)
     if clock is not None:
         clock.add("detect", t0)
     if opts.cache:

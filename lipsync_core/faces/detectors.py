@@ -1,0 +1,373 @@
+"""Face detectors behind one small interface.
+
+`Detector.detect(frames)` takes BGR uint8 frames and returns, per frame, a float32 (K, 5) array of
+`[x1, y1, x2, y2, score]` in that frame's pixels, best score first, clipped to the frame; (0, 5) when no face.
+
+Backends (registry `DETECTORS`):
+- `sfd`: S3FD, the detector Wav2Lip's training data was cropped with (face-alignment's network class).
+  Weights come from a local file; a download is tried only when allowed, with a short timeout.
+- `opencv`: the Haar cascade bundled with opencv-python. Offline, nothing to download, less accurate.
+`get_detector("auto")` uses sfd when its weights load, else opencv with one warning line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LipsyncError
+
+S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
+S3FD_FILENAME = "s3fd-619a316812.pth"
+S3FD_SHA256_PREFIX = "619a316812"  # torch hub convention: the file name carries its hash prefix
+DOWNLOAD_TIMEOUT_S = 5.0
+
+# <project root>/checkpoints; a module attribute so tests (and packagers) can point it elsewhere.
+CHECKPOINTS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _empty() -> np.ndarray:
+    return np.zeros((0, 5), np.float32)
+
+
+def nms(dets: np.ndarray, iou_threshold: float, contain_threshold: float | None = None) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first.
+
+    Uses the +1 pixel area convention of face-alignment's S3FD code so sfd results match it. With
+    `contain_threshold`, a box whose area lies mostly inside a better box is dropped too (Haar nests boxes).
+    """
+    if len(dets) == 0:
+        return np.zeros(0, np.int64)
+    x1, y1, x2, y2, s = (dets[:, i].astype(np.float64) for i in range(5))
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-s, kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        drop = inter / (areas[i] + areas[rest] - inter) > iou_threshold
+        if contain_threshold is not None:
+            drop |= inter / np.minimum(areas[i], areas[rest]) > contain_threshold
+        order = rest[~drop]
+    return np.asarray(keep, np.int64)
+
+
+def _finish(dets: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip to the frame, drop empty boxes, sort best first, float32 (K, 5)."""
+    if len(dets) == 0:
+        return _empty()
+    dets = np.asarray(dets, np.float32).copy()
+    dets[:, [0, 2]] = np.clip(dets[:, [0, 2]], 0, width)
+    dets[:, [1, 3]] = np.clip(dets[:, [1, 3]], 0, height)
+    dets = dets[(dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])]
+    return dets[np.argsort(-dets[:, 4], kind="stable")]
+
+
+class Detector:
+    """Interface: `detect(frames) -> list of (K, 5) float32`, one per frame, in that frame's pixels."""
+
+    name = "base"
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+# ----------------------------------------------------------------------------------------------- opencv
+
+
+class OpenCVDetector(Detector):
+    """OpenCV's bundled frontal-face Haar cascade: offline, CPU, one frame at a time.
+
+    Geometry: a Haar box is square and sits high (hairline to just above the chin), while S3FD's box, which
+    Wav2Lip was trained on, runs from the lower forehead to the chin. By default the box is moved down to
+    approximate S3FD: top by `ADJUST_TOP` and bottom by `ADJUST_BOTTOM` of its height (judged by eye on three
+    frontal faces, where the chin ends 5-15% of the box height below a Haar box; no S3FD weights were at hand
+    to fit it). `adjust=False` keeps the raw cascade box. Score: a monotonic map n/(n+10) of the cascade's neighbour count, not a probability.
+    """
+
+    name = "opencv"
+    CASCADE = "haarcascade_frontalface_default.xml"
+    ADJUST_TOP = 0.10
+    ADJUST_BOTTOM = 0.10
+
+    def __init__(self, device=None, weights_path=None, log: Log | None = None, allow_download: bool = False,
+                 *, scale_factor: float = 1.1, min_neighbors: int = 5, min_size_frac: float = 1 / 16,
+                 adjust: bool = True) -> None:
+        import cv2
+
+        path = os.path.join(cv2.data.haarcascades, self.CASCADE)
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise LipsyncError(
+                f"OpenCV's face cascade could not be loaded from {path}. "
+                "Reinstall opencv-python (pip install --force-reinstall 'opencv-python<4.12')."
+            )
+        self._cv2 = cv2
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_size_frac = min_size_frac
+        self.adjust = adjust
+
+    def detect(self, frames):
+        cv2 = self._cv2
+        out = []
+        for frame in frames:
+            h, w = frame.shape[:2]
+            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+            # faces smaller than ~1/16 of the frame are too small to lip-sync; skipping them saves most scales
+            m = max(24, int(min(h, w) * self.min_size_frac))
+            rects, neighbours = self._cascade.detectMultiScale2(
+                gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(m, m))
+            if len(rects) == 0:
+                out.append(_empty())
+                continue
+            r = np.asarray(rects, np.float32).reshape(-1, 4)
+            n = np.asarray(neighbours, np.float32).reshape(-1)
+            bh = r[:, 3]
+            dets = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3], n / (n + 10.0)], 1)
+            if self.adjust:
+                dets[:, 1] += self.ADJUST_TOP * bh
+                dets[:, 3] += self.ADJUST_BOTTOM * bh
+            dets = dets[nms(dets, 0.3, contain_threshold=0.8)]
+            out.append(_finish(dets, w, h))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- sfd
+
+
+def s3fd_search_paths(weights_path: str | os.PathLike | None = None) -> list[Path]:
+    """Where S3FD weights are looked for, in order. An explicit path is the only place looked at."""
+    if weights_path:
+        return [Path(weights_path).expanduser()]
+    paths = [CHECKPOINTS_DIR / "s3fd.pth"]
+    env = os.environ.get("LIPSYNC_S3FD")
+    if env:
+        paths.append(Path(env).expanduser())
+    paths.append(_hub_path())
+    return paths
+
+
+def _hub_path() -> Path:
+    import torch.hub
+
+    # torch.hub.get_dir() honours $TORCH_HOME / $XDG_CACHE_HOME, like face-alignment's own download
+    return Path(torch.hub.get_dir()) / "checkpoints" / S3FD_FILENAME
+
+
+def find_s3fd_weights(weights_path: str | os.PathLike | None = None) -> Path | None:
+    for p in s3fd_search_paths(weights_path):
+        if p.is_file():
+            return p
+    return None
+
+
+def download_s3fd(timeout: float = DOWNLOAD_TIMEOUT_S, url: str | None = None) -> Path | None:
+    """Fetch S3FD into torch hub's cache; None on any failure (offline, slow, bad hash). Never hangs long.
+
+    urlopen's timeout does not cover name resolution, so the connection is opened in a daemon thread and
+    abandoned after `timeout`; each later read has the socket timeout.
+    """
+    import threading
+    import urllib.request
+
+    opened: dict = {}
+
+    def connect() -> None:
+        try:
+            opened["resp"] = urllib.request.urlopen(url or S3FD_URL, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001
+            opened["error"] = exc
+
+    t = threading.Thread(target=connect, name="s3fd-download", daemon=True)
+    t.start()
+    t.join(timeout)
+    if "resp" not in opened:
+        return None
+    dest = _hub_path()
+    tmp = None
+    try:
+        with opened["resp"] as resp:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+            sha = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f:
+                while chunk := resp.read(1 << 20):
+                    sha.update(chunk)
+                    f.write(chunk)
+        if not sha.hexdigest().startswith(S3FD_SHA256_PREFIX):
+            return None
+        os.replace(tmp, dest)
+        tmp = None
+        return dest
+    except Exception:  # noqa: BLE001 (network drop, timeout, disk full: the caller falls back)
+        return None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _resolve_device(device) -> str:
+    import torch
+
+    dev = str(device or "cpu")
+    if dev == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    return dev
+
+
+def _missing_message(paths: list[Path]) -> str:
+    where = ", ".join(str(p) for p in paths)
+    return (f"S3FD face detector weights not found (looked at: {where}). Put {S3FD_FILENAME} at "
+            f"{CHECKPOINTS_DIR / 's3fd.pth'}, set LIPSYNC_S3FD to its path, or use the opencv detector.")
+
+
+class SFDDetector(Detector):
+    """S3FD through face-alignment's `s3fd` network, batched, with vectorised box decoding.
+
+    Input colour order follows Wav2Lip's detector (its preprocess.py and inference.py): BGR frames are flipped
+    to RGB and the BGR means (104, 117, 123) subtracted, then fed to the net as is. That quirk is what the
+    generator's training crops saw, so it is kept. Decoding and thresholds match face-alignment's SFD
+    post-processing (scores > 0.5, NMS at IoU 0.3): filtering by score before NMS gives the same boxes, since
+    greedy NMS only lets a box be suppressed by a better-scoring one.
+    """
+
+    name = "sfd"
+    MEAN_BGR = (104.0, 117.0, 123.0)
+    VARIANCES = (0.1, 0.2)
+    MAX_CANDIDATES = 1000
+
+    def __init__(self, device="cpu", weights_path=None, log: Log | None = None, allow_download: bool = False,
+                 *, threshold: float = 0.5, nms_threshold: float = 0.3) -> None:
+        import torch
+        from face_alignment.detection.sfd.net_s3fd import s3fd
+
+        paths = s3fd_search_paths(weights_path)
+        path = find_s3fd_weights(weights_path)
+        if path is None and not weights_path and (allow_download or os.environ.get("LIPSYNC_ALLOW_DOWNLOAD") == "1"):
+            path = download_s3fd()
+        if path is None:
+            raise LipsyncError(_missing_message(paths))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+            with torch.device("meta"):  # no random init of 22M weights that are replaced right away
+                net = s3fd()
+            net.load_state_dict(state, assign=True)
+        except Exception as exc:
+            why = " ".join(str(exc).split())[:200]  # one line: auto mode logs it as a single warning
+            raise LipsyncError(
+                f"S3FD weights at {path} could not be loaded ({type(exc).__name__}: {why}). "
+                f"Replace the file with a good copy of {S3FD_FILENAME} or use the opencv detector."
+            ) from exc
+        self.device = _resolve_device(device)
+        self.weights_path = path
+        self.threshold = threshold
+        self.nms_threshold = nms_threshold
+        self._torch = torch
+        self.net = net.to(self.device).eval()
+        self._mean = torch.tensor(self.MEAN_BGR, device=self.device).view(1, 3, 1, 1)
+
+    def detect(self, frames):
+        out: list[np.ndarray | None] = [None] * len(frames)
+        # one batch per frame size (a video has one; a caller may mix)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, f in enumerate(frames):
+            by_shape.setdefault(f.shape, []).append(i)
+        for idx in by_shape.values():
+            for i, dets in zip(idx, self._detect_batch(np.stack([frames[i] for i in idx]))):
+                out[i] = dets
+        return out  # type: ignore[return-value]
+
+    def _detect_batch(self, batch: np.ndarray) -> list[np.ndarray]:
+        torch = self._torch
+        try:
+            return self._run(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise LipsyncError("The frame is too big for face detection on this GPU. Detect on smaller "
+                                   "frames (a lower detection scale) or on the CPU.") from None
+            torch.cuda.empty_cache()
+            half = len(batch) // 2
+            return self._detect_batch(batch[:half]) + self._detect_batch(batch[half:])
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        torch = self._torch
+        b, h, w = batch.shape[:3]
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).flip(1).float() - self._mean
+            olist = self.net(x)
+            boxes_l, scores_l, image_l = [], [], []
+            v0, v1 = self.VARIANCES
+            for lvl in range(len(olist) // 2):
+                conf = torch.softmax(olist[2 * lvl], dim=1)[:, 1]  # (B, H, W)
+                loc = olist[2 * lvl + 1]  # (B, 4, H, W)
+                bi, yi, xi = torch.nonzero(conf > self.threshold, as_tuple=True)
+                if bi.numel() == 0:
+                    continue
+                stride = 2 ** (lvl + 2)
+                size = 4.0 * stride  # anchor side
+                l = loc[bi, :, yi, xi]  # (M, 4)
+                cx = stride / 2 + xi.float() * stride + l[:, 0] * v0 * size
+                cy = stride / 2 + yi.float() * stride + l[:, 1] * v0 * size
+                bw = size * torch.exp(l[:, 2] * v1)
+                bh = size * torch.exp(l[:, 3] * v1)
+                boxes_l.append(torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1))
+                scores_l.append(conf[bi, yi, xi])
+                image_l.append(bi)
+            if not boxes_l:
+                return [_empty() for _ in range(b)]
+            dets = torch.cat([torch.cat(boxes_l), torch.cat(scores_l)[:, None]], 1).float().cpu().numpy()
+            image = torch.cat(image_l).cpu().numpy()
+        out = []
+        for i in range(b):
+            d = dets[image == i]
+            if len(d) > self.MAX_CANDIDATES:  # bounds NMS time; a real face yields a few dozen
+                d = d[np.argsort(-d[:, 4], kind="stable")[:self.MAX_CANDIDATES]]
+            out.append(_finish(d[nms(d, self.nms_threshold)], w, h))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+DETECTORS: dict[str, type[Detector]] = {"sfd": SFDDetector, "opencv": OpenCVDetector}
+DETECTOR_NAMES = ("auto", *DETECTORS)
+
+
+def get_detector(name: str = "auto", device="cpu", weights_path=None, log: Log | None = None,
+                 allow_download: bool = False) -> Detector:
+    """A ready detector. "auto": sfd if its weights load, else opencv after one warning line through `log`."""
+    log = log or _stderr_log
+    name = (name or "auto").lower()
+    if name == "auto":
+        try:
+            return SFDDetector(device=device, weights_path=weights_path, log=log, allow_download=allow_download)
+        except LipsyncError as exc:
+            log(f"warning: {exc} Falling back to OpenCV's Haar face detector (less accurate).")
+            return OpenCVDetector()
+    if name not in DETECTORS:
+        raise LipsyncError(f"Unknown face detector {name!r}: choose one of {', '.join(DETECTOR_NAMES)}.")
+    return DETECTORS[name](device=device, weights_path=weights_path, log=log, allow_download=allow_download)

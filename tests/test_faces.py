@@ -1,0 +1,437 @@
+"""Face detection, tracking, crop boxes and the detection cache, on real pictures and real detectors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import cv2
+import media
+import numpy as np
+import pytest
+import torch
+
+from lipsync_core.errors import Cancelled, LipsyncError
+from lipsync_core.faces import cache, detectors
+from lipsync_core.faces.detectors import OpenCVDetector, SFDDetector, get_detector
+from lipsync_core.faces.track import (
+    FaceTrack,
+    face_boxes,
+    fixed_boxes,
+    iou,
+    iou_rows,
+    smooth_boxes,
+    track_faces,
+)
+from lipsync_core.progress import CancelToken, Progress
+from lipsync_core.tools import ffmpeg_exe
+
+# the astronaut's face in skimage's 512x512 photo, drawn by hand: forehead to chin, cheek to cheek
+ASTRONAUT_FACE = np.array([175, 70, 275, 178], np.float64)
+
+
+def astronaut_bgr() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="module")
+def haar():
+    return OpenCVDetector()
+
+
+class Precomputed:
+    """Wraps a detector: runs it once per frame object and counts the frames it was asked about."""
+
+    def __init__(self, detector):
+        self.detector, self.memo, self.calls = detector, {}, 0
+
+    def detect(self, frames):
+        self.calls += len(frames)
+        todo = [f for f in frames if id(f) not in self.memo]
+        for f, d in zip(todo, self.detector.detect(todo) if todo else []):
+            self.memo[id(f)] = d
+        return [self.memo[id(f)] for f in frames]
+
+
+class Scripted:
+    """A detector that answers from a list of per-frame detections (frames carry their index in pixel 0)."""
+
+    def __init__(self, dets):
+        self.dets = dets
+
+    def detect(self, frames):
+        return [np.asarray(self.dets[int(f[0, 0, 0])], np.float32).reshape(-1, 5) for f in frames]
+
+
+def indexed_frames(n, w=64, h=48):
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(n)
+    return list(frames)
+
+
+def two_faces(n: int, big_right: bool = True) -> list[np.ndarray]:
+    """Two astronaut faces of different sizes side by side, drifting a little in opposite directions."""
+    crop = astronaut_bgr()[20:250, 110:340]
+    big = cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(crop, (140, 140), interpolation=cv2.INTER_AREA)
+    frames = []
+    for i in range(n):
+        f = np.full((240, 480, 3), 180, np.uint8)
+        dx = round(3 * np.sin(i / 4))
+        bx, sx = (260 + dx, 40 - dx) if big_right else (20 + dx, 300 - dx)
+        f[20:220, bx:bx + 200] = big
+        f[50:190, sx:sx + 140] = small
+        frames.append(f)
+    return frames
+
+
+def reference_smooth(boxes: np.ndarray, T: int = 5) -> np.ndarray:
+    """Wav2Lip's get_smoothened_boxes as its inference.py runs it: in place, on an int array."""
+    boxes = np.array(boxes, np.int64)
+    n = len(boxes)
+    for i in range(n):
+        window = boxes[n - T:] if i + T > n else boxes[i:i + T]
+        boxes[i] = np.mean(window, axis=0)
+    return boxes
+
+
+# ----------------------------------------------------------------------------------------------- detectors
+
+
+def test_opencv_finds_the_astronaut(haar):
+    dets = haar.detect([astronaut_bgr()])
+    assert len(dets) == 1 and dets[0].dtype == np.float32 and dets[0].shape == (1, 5)
+    box = dets[0][0, :4].astype(np.float64)
+    assert iou(ASTRONAUT_FACE, box[None])[0] > 0.7, box
+    assert 0 < dets[0][0, 4] <= 1
+
+
+def test_opencv_no_face(haar):
+    from skimage import data
+
+    pictures = [cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), *media.noface_frames(3)]
+    for d in haar.detect(pictures):
+        assert d.shape == (0, 5) and d.dtype == np.float32
+
+
+def test_opencv_adjustment_moves_box_down_only(haar):
+    raw = OpenCVDetector(adjust=False).detect([astronaut_bgr()])[0][0]
+    adj = haar.detect([astronaut_bgr()])[0][0]
+    h = raw[3] - raw[1]
+    np.testing.assert_allclose(adj[[0, 2]], raw[[0, 2]])
+    np.testing.assert_allclose(adj[1] - raw[1], OpenCVDetector.ADJUST_TOP * h, atol=1e-3)
+    np.testing.assert_allclose(adj[3] - raw[3], OpenCVDetector.ADJUST_BOTTOM * h, atol=1e-3)
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """Every place S3FD weights are looked for points into an empty folder; downloads not allowed."""
+    monkeypatch.setattr(detectors, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("LIPSYNC_S3FD", raising=False)
+    monkeypatch.delenv("LIPSYNC_ALLOW_DOWNLOAD", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two cores shared by several test runs: one torch thread is several times faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def random_s3fd(tmp_path_factory, one_thread):
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "s3fd_random.pth"
+    torch.save(s3fd().state_dict(), path)
+    return path
+
+
+def test_auto_falls_back_to_opencv_with_one_warning(no_weights):
+    logs = []
+    t = time.monotonic()
+    det = get_detector("auto", log=logs.append)
+    assert time.monotonic() - t < 5
+    assert isinstance(det, OpenCVDetector)
+    assert len(logs) == 1 and "S3FD" in logs[0] and "\n" not in logs[0]
+    # an explicit path that is not there: same fallback
+    logs.clear()
+    assert isinstance(get_detector("auto", weights_path=no_weights / "nope.pth", log=logs.append), OpenCVDetector)
+    assert len(logs) == 1
+
+
+def test_allowed_download_that_fails_falls_back_quickly(no_weights, monkeypatch):
+    monkeypatch.setattr(detectors, "S3FD_URL", "http://127.0.0.1:9/s3fd.pth")  # nothing listens there
+    logs = []
+    t = time.monotonic()
+    assert isinstance(get_detector("auto", log=logs.append, allow_download=True), OpenCVDetector)
+    assert time.monotonic() - t < detectors.DOWNLOAD_TIMEOUT_S + 2 and len(logs) == 1
+    assert not detectors._hub_path().exists()
+
+
+def test_sfd_without_weights_says_what_to_do(no_weights):
+    with pytest.raises(LipsyncError, match="LIPSYNC_S3FD"):
+        get_detector("sfd")
+    with pytest.raises(LipsyncError, match="Unknown face detector"):
+        get_detector("dlib")
+
+
+def test_sfd_loads_local_state_dict(random_s3fd, no_weights, monkeypatch):
+    det = get_detector("sfd", weights_path=random_s3fd)
+    assert isinstance(det, SFDDetector)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (64, 80, 3), np.uint8) for _ in range(2)] + [np.zeros((48, 48, 3), np.uint8)]
+    out = det.detect(frames)
+    assert len(out) == 3
+    for d, f in zip(out, frames):
+        assert d.dtype == np.float32 and d.ndim == 2 and d.shape[1] == 5
+        assert (d[:, 4] > 0.5).all() and (np.diff(d[:, 4]) <= 0).all()
+        assert (d[:, 0] >= 0).all() and (d[:, 2] <= f.shape[1]).all() and (d[:, 3] <= f.shape[0]).all()
+        assert (d[:, 2] > d[:, 0]).all() and (d[:, 3] > d[:, 1]).all()
+    # found through $LIPSYNC_S3FD and through torch hub's cache, with no warning from auto
+    monkeypatch.setenv("LIPSYNC_S3FD", str(random_s3fd))
+    logs = []
+    assert isinstance(get_detector("auto", log=logs.append), SFDDetector) and not logs
+    monkeypatch.delenv("LIPSYNC_S3FD")
+    hub = detectors._hub_path()
+    hub.parent.mkdir(parents=True)
+    hub.write_bytes(random_s3fd.read_bytes())
+    assert get_detector("auto", log=logs.append).weights_path == hub and not logs
+    # a training-style checkpoint: {"state_dict": {"module.<name>": ...}}
+    wrapped = no_weights / "wrapped.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in torch.load(random_s3fd).items()}}, wrapped)
+    assert isinstance(get_detector("sfd", weights_path=wrapped), SFDDetector)
+
+
+def test_sfd_bad_file(no_weights):
+    bad = no_weights / "s3fd.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(LipsyncError, match="could not be loaded"):
+        get_detector("sfd", weights_path=bad)
+    logs = []
+    assert isinstance(get_detector("auto", weights_path=bad, log=logs.append), OpenCVDetector)
+    assert len(logs) == 1 and "\n" not in logs[0]
+
+
+def test_sfd_decoding_matches_face_alignment(random_s3fd):
+    """The vectorised decode + NMS gives what face-alignment's own post-processing gives (Wav2Lip's input)."""
+    from face_alignment.detection.sfd.bbox import nms as fa_nms
+    from face_alignment.detection.sfd.detect import batch_detect
+
+    det = get_detector("sfd", weights_path=random_s3fd)
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 255, (2, 56, 72, 3), np.uint8)
+    ours = det.detect(list(batch))
+    # face-alignment flips its input RGB->BGR; handing it our BGR frames makes it feed RGB, as Wav2Lip did
+    theirs = batch_detect(det.net, torch.from_numpy(batch).permute(0, 3, 1, 2), device="cpu")
+    for i in range(len(batch)):
+        # face-alignment's SFDDetector filter: NMS at 0.3 over every candidate, then scores > 0.5
+        ref = theirs[i][fa_nms(theirs[i], 0.3)].astype(np.float64)
+        ref = ref[ref[:, 4] > 0.5]
+        ref[:, [0, 2]] = ref[:, [0, 2]].clip(0, 72)
+        ref[:, [1, 3]] = ref[:, [1, 3]].clip(0, 56)
+        ref = ref[(ref[:, 2] > ref[:, 0]) & (ref[:, 3] > ref[:, 1])]
+        assert len(ours[i]) == len(ref) > 0
+        np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- tracking
+
+
+def test_follows_the_largest_of_two_faces(haar):
+    for big_right in (True, False):
+        frames, det = two_faces(10, big_right), Precomputed(haar)
+        track = track_faces(frames, det)
+        assert track.has_face.all()
+        cx = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+        assert ((cx > 240) if big_right else (cx < 240)).all(), cx  # never the small face, not even once
+        left = track_faces(frames, det, select="left")
+        assert ((left.boxes[:, 0] + left.boxes[:, 2]) / 2 < 240).all()
+
+
+def test_missed_detection_does_not_switch_faces():
+    a, b = [100, 10, 140, 50, 0.9], [10, 10, 30, 30, 0.99]  # our (largest) face, the other person
+    dets = [[a, b]] * 5 + [[b]] + [[a, b]] * 4 + [[]] * 3 + [[[200, 10, 240, 50, 0.9]]] * 2
+    track = track_faces(indexed_frames(len(dets)), Scripted(dets))
+    assert np.isnan(track.boxes[5]).all()  # our face missed: no face, not the other one
+    np.testing.assert_array_equal(track.boxes[[0, 4, 6, 9], 0], 100)
+    assert not track.has_face[10:13].any()
+    np.testing.assert_array_equal(track.boxes[13:, 0], 200)  # a face after a gap is taken
+
+
+def test_scale_maps_back_and_progress_and_cancel():
+    dets = [[[10, 20, 30, 44, 0.9]]] * 7
+    calls = []
+
+    class Rec(Progress):
+        def start(self, stage, total):
+            calls.append(("start", stage, total))
+
+        def advance(self, stage, n=1):
+            calls.append(("advance", stage, n))
+
+        def finish(self, stage):
+            calls.append(("finish", stage))
+
+    track = track_faces(iter(indexed_frames(7, 64, 36)), Scripted(dets), scale=0.25, batch_size=2, total=7,
+                        progress=Rec())
+    assert (track.width, track.height) == (256, 144)
+    np.testing.assert_allclose(track.boxes, [[40, 80, 120, 176]] * 7)
+    assert calls[0] == ("start", "detect", 7) and calls[-1] == ("finish", "detect")
+    assert sum(c[2] for c in calls if c[0] == "advance") == 7
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        track_faces(indexed_frames(7), Scripted(dets), cancel=token)
+
+
+def test_detect_every_5_matches_every_frame(haar):
+    frames = list(media.astronaut_frames(41))
+    det = Precomputed(haar)
+    every = track_faces(frames, det)
+    det.calls = 0
+    sparse = track_faces(frames, det, detect_every=5)
+    assert det.calls <= 12
+    assert every.has_face.all() and sparse.has_face.all()
+    assert iou_rows(every.boxes, sparse.boxes).min() >= 0.9
+
+
+def test_detect_every_keeps_face_boundaries_exact(haar):
+    # 23 face, 17 no face, 21 face: both cuts fall between keyframes
+    frames = list(np.concatenate([media.astronaut_frames(23), media.noface_frames(17),
+                                  media.astronaut_frames(21)[::-1]]))
+    det = Precomputed(haar)
+    every = track_faces(frames, det)
+    truth = np.r_[np.ones(23, bool), np.zeros(17, bool), np.ones(21, bool)]
+    np.testing.assert_array_equal(every.has_face, truth)
+    for k in (3, 5, 7):
+        det.calls = 0
+        sparse = track_faces(frames, det, detect_every=k, batch_size=3)
+        np.testing.assert_array_equal(sparse.has_face, truth)
+        assert det.calls < len(frames)
+        assert iou_rows(every.boxes[truth], sparse.boxes[truth]).min() >= 0.9
+
+
+def test_talking_head_detect_every_5(shared_media, haar):
+    """Real footage, 320 px wide: every 5th frame detected, the rest interpolated, IoU >= 0.9 everywhere.
+
+    The first 3 s (75 frames) keep the test quick; the whole 5 s clip gives min IoU 0.93 too."""
+    w, h = 320, 320  # talking_head_a is 844x844
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(shared_media / "talking_head_a.mp4"),
+                          "-frames:v", "75", "-vf", f"scale={w}:{h}:flags=area", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+                         capture_output=True, check=True).stdout
+    frames = list(np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3))
+    det = Precomputed(haar)
+    every = track_faces(frames, det, scale=w / 844)
+    det.calls = 0
+    sparse = track_faces(frames, det, scale=w / 844, detect_every=5)
+    assert every.has_face.all() and sparse.has_face.all()
+    assert (every.width, every.height) == (844, 844)
+    assert det.calls <= len(frames) // 5 + 10
+    assert iou_rows(every.boxes, sparse.boxes).min() >= 0.9
+
+
+# ----------------------------------------------------------------------------------------------- crop boxes
+
+
+def test_smoothing_equals_reference():
+    rng = np.random.default_rng(3)
+    for n in (5, 6, 9, 50):
+        boxes = rng.integers(0, 500, (n, 4))
+        np.testing.assert_array_equal(smooth_boxes(boxes), reference_smooth(boxes))
+    # a known array: 1..7 in every column
+    col = np.arange(1, 8)[:, None].repeat(4, 1)
+    np.testing.assert_array_equal(smooth_boxes(col)[:, 0], [3, 4, 5, 5, 5, 5, 5])
+    # face_boxes with no padding: exactly the reference on a whole-face track
+    boxes = rng.uniform(50, 400, (30, 4)).astype(np.float32)
+    boxes[:, 2:] += 100
+    track = FaceTrack(boxes, np.ones(30), 1000, 1000)
+    np.testing.assert_array_equal(face_boxes(track, pads=(0, 0, 0, 0)), reference_smooth(np.trunc(boxes)))
+
+
+def test_smoothing_stays_within_face_runs():
+    boxes = np.array([[10, 10, 50, 50]] * 6 + [[np.nan] * 4] * 20 + [[300, 300, 360, 360]] * 6, np.float32)
+    out = face_boxes(FaceTrack(boxes, np.ones(32), 640, 480), pads=(0, 0, 0, 0), max_gap=8)
+    np.testing.assert_array_equal(out[:6], [[10, 10, 50, 50]] * 6)
+    np.testing.assert_array_equal(out[6:26], -1)
+    np.testing.assert_array_equal(out[26:], [[300, 300, 360, 360]] * 6)
+    assert out.dtype == np.int32
+
+
+def test_pads_and_clipping():
+    boxes = np.array([[-5, 2, 100, 90], [540, 400, 630, 470]], np.float32)
+    out = face_boxes(FaceTrack(boxes, np.ones(2), 640, 480), pads=(4, 10, 3, 20), smooth=False)
+    # top, bottom, left, right: y1-4, y2+10, x1-3, x2+20, then clipped to the 640x480 frame
+    np.testing.assert_array_equal(out, [[0, 0, 120, 100], [537, 396, 640, 480]])
+
+
+def test_short_gaps_bridged():
+    n = 40
+    boxes = np.tile(np.array([100, 100, 200, 200], np.float32), (n, 1))
+    boxes[:, 0] += np.arange(n)
+    boxes[10:13] = np.nan  # 3 frames: bridged
+    boxes[20:30] = np.nan  # 10 frames: a real gap
+    boxes[:2] = np.nan  # the start: nothing to bridge from
+    out = face_boxes(FaceTrack(boxes, np.ones(n), 640, 480), pads=(0, 0, 0, 0), smooth=False, max_gap=8)
+    np.testing.assert_array_equal(out[10:13, 0], [110, 111, 112])
+    assert (out[20:30] == -1).all() and (out[:2] == -1).all()
+    assert (out[30:] >= 0).all()
+
+
+def test_fixed_boxes():
+    out = fixed_boxes(3, (10, 20, 110, 140), 640, 480)
+    assert out.dtype == np.int32 and out.tolist() == [[10, 20, 110, 140]] * 3
+    for bad in [(10, 20, 5, 140), (10, 20, 110, 500), (-1, 0, 10, 10), (0, 30, 10, 30), ("a", 0, 1, 1)]:
+        with pytest.raises(LipsyncError, match="--box"):
+            fixed_boxes(3, bad, 640, 480)
+
+
+def test_track_json_roundtrip():
+    boxes = np.array([[1.5, 2.25, 30, 40], [np.nan] * 4], np.float32)
+    track = FaceTrack(boxes, [0.9, np.nan], 640, 360)
+    text = json.dumps(track.to_dict(), allow_nan=False)
+    back = FaceTrack.from_dict(json.loads(text))
+    np.testing.assert_array_equal(back.boxes, track.boxes)
+    np.testing.assert_array_equal(back.scores, track.scores)
+    assert (back.width, back.height) == (640, 360)
+    # a tracked result survives the round trip bit for bit, and stays short
+    real = track_faces(indexed_frames(3), Scripted([[[10.123, 20.5, 30.77, 44.01, 0.987654]]] * 3), scale=0.3)
+    text = json.dumps(real.to_dict())
+    again = FaceTrack.from_dict(json.loads(text))
+    np.testing.assert_array_equal(again.boxes, real.boxes)
+    np.testing.assert_array_equal(again.scores, real.scores)
+    assert len(text) < 300, text
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_hits_same_file_misses_changed_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "cache"))
+    video = media.write_video(tmp_path / "v.mp4", media.astronaut_frames(5))
+    settings = {"detector": "opencv", "scale": 0.5, "detect_every": 5, "select": "largest", "range": [0, 5]}
+    track = FaceTrack(np.array([[1, 2, 3, 4]] * 4 + [[np.nan] * 4], np.float32), [0.5] * 4 + [np.nan], 320, 240)
+    assert cache.load_track(video, settings) is None
+    path = cache.save_track(video, settings, track)
+    assert path is not None and path.parent == tmp_path / "cache" / "faces"
+    assert os.listdir(path.parent) == [path.name]  # no temp file left behind
+    hit = cache.load_track(video, dict(settings, range=(0, 5)))  # tuple or list: same key
+    assert hit is not None
+    np.testing.assert_array_equal(hit.boxes, track.boxes)
+    assert cache.load_track(video, dict(settings, detect_every=1)) is None
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(video.read_bytes())
+    assert cache.load_track(copy, settings) is not None  # same content, other name: same key
+    with open(video, "ab") as f:
+        f.write(b"\0")
+    assert cache.load_track(video, settings) is None
+    assert cache.load_track(tmp_path / "missing.mp4", settings) is None
