@@ -223,7 +223,8 @@ class Engine:
         try:
             contiguous = bool(n) and int(frames[-1]) - int(frames[0]) == n - 1
             with VideoEncoder(output, info.width, info.height, info.fps_rational, audio_path=audio_path,
-                              audio_start=audio_start, n_frames=n, crf=self.opts.crf) as enc:
+                              audio_start=audio_start, n_frames=n, crf=self.opts.crf,
+                              color_space=info.color_space) as enc:
                 for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock)):
                     cancel.check()
                     box = boxes[k]

@@ -1,0 +1,106 @@
+"""Put the generator's 96x96 mouth back into the frame.
+
+`box` mode is the Wav2Lip reference: the whole crop is replaced, which shows a square seam wherever the
+model's colours drift. `feather` (default) replaces only what the model regenerates, the lower half of
+the crop (its input had that half masked), through a soft alpha mask: eyes and everything outside the
+box stay bit-identical, and no edge shows.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MODES = ("feather", "box")
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+class Compositor:
+    """`paste(frame, face96, box)` writes the generated face into `frame` in place.
+
+    Feather mask (fractions of the box): 0 above `top`, rising smoothly to 1 by `top + ramp_top`;
+    falling to 0 over the last `ramp_side` of the width on each side and the last `ramp_bottom` of the
+    height. Masks are cached per box size, so a frame costs one small resize and one blend of the mouth
+    region only.
+    """
+
+    def __init__(self, mode: str = "feather", top: float = 0.5, ramp_top: float = 0.12,
+                 ramp_side: float = 0.15, ramp_bottom: float = 0.1,
+                 interpolation: int = cv2.INTER_LINEAR, cache_size: int = 256):
+        if mode not in MODES:
+            raise ValueError(f"blend mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.top, self.ramp_top, self.ramp_side, self.ramp_bottom = top, ramp_top, ramp_side, ramp_bottom
+        self.interpolation = interpolation
+        self._cache: dict[tuple[int, int], tuple] = {}
+        self._cache_size = cache_size
+
+    def mask(self, w: int, h: int) -> np.ndarray:
+        """The (h, w) float32 alpha in [0, 1] for a box of that size."""
+        return self._weights(w, h)[0]
+
+    def _weights(self, w: int, h: int):
+        """(alpha, alpha and 1 - alpha cut to where alpha > 0, that cut (y0, y1, x0, x1)); cached per size."""
+        key = (w, h)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        # pixel centres in box fractions
+        ys = (np.arange(h, dtype=np.float32) + 0.5) / h
+        xs = (np.arange(w, dtype=np.float32) + 0.5) / w
+        ay = _smoothstep((ys - self.top) / max(self.ramp_top, 1e-6))
+        ay *= _smoothstep((1.0 - ys) / max(self.ramp_bottom, 1e-6))
+        ax = _smoothstep(np.minimum(xs, 1.0 - xs) / max(self.ramp_side, 1e-6))
+        alpha = np.outer(ay, ax).astype(np.float32)
+        rows = np.flatnonzero(ay > 0)
+        cols = np.flatnonzero(ax > 0)
+        if len(rows) == 0 or len(cols) == 0:
+            y0 = y1 = x0 = x1 = 0
+        else:
+            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        a = np.ascontiguousarray(alpha[y0:y1, x0:x1])
+        entry = (alpha, a, np.ascontiguousarray(1.0 - a), (y0, y1, x0, x1))
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))  # oldest first
+        self._cache[key] = entry
+        return entry
+
+    def paste(self, frame: np.ndarray, face96: np.ndarray, box) -> np.ndarray:
+        """Blend `face96` (the model's BGR uint8 output for crop `box` = (x1, y1, x2, y2)) into `frame`.
+
+        Modifies and returns `frame`. A box reaching past the frame is clipped (the face is resized to the
+        full box first, so the visible part lines up).
+        """
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        bw, bh = x2 - x1, y2 - y1
+        if bw <= 0 or bh <= 0:
+            return frame
+        if face96.dtype != np.uint8:
+            face96 = np.clip(face96, 0, 255).astype(np.uint8)
+        face = cv2.resize(face96, (bw, bh), interpolation=self.interpolation)
+        fh, fw = frame.shape[:2]
+        # visible part of the box, in frame and in box coordinates
+        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, fw), min(y2, fh)
+        if cx1 >= cx2 or cy1 >= cy2:
+            return frame
+        if self.mode == "box":
+            frame[cy1:cy2, cx1:cx2] = face[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+            return frame
+        _, a, inv, (my0, my1, mx0, mx1) = self._weights(bw, bh)
+        # mask support intersected with the visible part, in box coordinates
+        ry0, ry1 = max(my0, cy1 - y1), min(my1, cy2 - y1)
+        rx0, rx1 = max(mx0, cx1 - x1), min(mx1, cx2 - x1)
+        if ry0 >= ry1 or rx0 >= rx1:
+            return frame
+        roi = frame[y1 + ry0:y1 + ry1, x1 + rx0:x1 + rx1]
+        src = face[ry0:ry1, rx0:rx1]
+        # no copies unless the box was clipped
+        wa = np.ascontiguousarray(a[ry0 - my0:ry1 - my0, rx0 - mx0:rx1 - mx0])
+        wb = np.ascontiguousarray(inv[ry0 - my0:ry1 - my0, rx0 - mx0:rx1 - mx0])
+        # per-pixel (src*a + roi*(1-a)) in OpenCV's threaded C++ loop, ROI only, rounded to uint8
+        roi[...] = cv2.blendLinear(np.ascontiguousarray(src), np.ascontiguousarray(roi), wa, wb)
+        return frame
