@@ -1,0 +1,22 @@
+"""Lip Sync for Blender's Video Sequencer: Wav2Lip on movie strips, run by the bundled lipsync_core engine.
+
+The engine runs in its own process (`<python with torch> -m lipsync_core.worker`); this package never imports
+torch or lipsync_core. Each module registers its own classes; unregister runs in reverse. The bpy modules are
+imported in register() so the pure ones (timeline, plan, pipeline, engine) import without Blender for tests.
+"""
+
+
+def _modules():
+    from . import jobs, ops, prefs, props, ui
+
+    return (prefs, props, jobs, ops, ui)
+
+
+def register():
+    for m in _modules():
+        m.register()
+
+
+def unregister():
+    for m in reversed(_modules()):
+        m.unregister()

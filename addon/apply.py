@@ -1,0 +1,156 @@
+"""Put a finished job on the timeline (main thread only): markers, result strips, the muted original sound.
+
+Everything is checked before the first change, so a refusal leaves the timeline as it was. What the add-on
+placed is tagged (custom properties, "LS " names) so a second run replaces it instead of stacking duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+
+from . import compat, snapshot
+from . import timeline as tl
+from .pipeline import Outcome
+from .plan import Clip, PlanError, Snapshot
+
+ROLE = "lipsync_role"  # "result" on strips this add-on made
+SOURCE = "lipsync_source"  # the video strip a result belongs to
+MUTED_FOR = "lipsync_muted_for"  # on sound strips this add-on muted: the video strip's name
+RESULT_PREFIX = "LS "
+
+
+def results_for(scene, video_name: str) -> list:
+    return [s for s in snapshot.top_strips(scene) if s.get(ROLE) == "result" and s.get(SOURCE) == video_name]
+
+
+def muted_for(scene, video_name: str) -> list:
+    return [s for s in snapshot.top_strips(scene) if s.get(MUTED_FOR) == video_name]
+
+
+def current_strips(scene, snap: Snapshot):
+    """The strips the job was planned for, refusing if they were removed, moved or trimmed meanwhile."""
+    video = snapshot.find_strip(scene, snap.video.name)
+    if video is None or video.type != "MOVIE" or snapshot.timing(video) != snap.video.timing:
+        raise PlanError(f"The video strip '{snap.video.name}' was removed, moved or trimmed while lip sync ran; "
+                        "the timeline was not changed. Run it again.")
+    audio = None
+    if snap.audio is not None:
+        audio = snapshot.find_strip(scene, snap.audio.name)
+        if audio is None or audio.type != "SOUND" or snapshot.timing(audio) != snap.audio.timing:
+            raise PlanError(f"The audio strip '{snap.audio.name}' was removed, moved or trimmed while lip sync "
+                            "ran; the timeline was not changed. Run it again.")
+    return video, audio
+
+
+def replace_markers(scene, lo: int, hi: int, markers: list[tuple[int, str]]) -> int:
+    """Remove our markers at lo..hi (the editor's own stay), add `markers`."""
+    tm = scene.timeline_markers
+    for m in [m for m in tm if tl.is_own_marker(m.name) and lo <= m.frame <= hi]:
+        tm.remove(m)
+    for frame, name in markers:
+        tm.new(name, frame=frame)
+    return len(markers)
+
+
+def _copy_look(src, dst) -> None:
+    """Same placement and crop as the source strip: a result is the source's frames with a new mouth."""
+    for attr in ("offset_x", "offset_y", "scale_x", "scale_y", "rotation", "origin", "filter"):
+        if hasattr(src.transform, attr):
+            setattr(dst.transform, attr, getattr(src.transform, attr))
+    for attr in ("min_x", "max_x", "min_y", "max_y"):
+        setattr(dst.crop, attr, getattr(src.crop, attr))
+    for attr in ("use_flip_x", "use_flip_y", "color_saturation", "color_multiply", "use_float"):
+        if hasattr(src, attr):
+            setattr(dst, attr, getattr(src, attr))
+
+
+def result_channel(scene, video, clips: list[Clip], ignore: set[str] = frozenset()) -> int:
+    """First channel above the video free over every clip's range, not counting the strips in `ignore`."""
+    rows = [(int(s.channel), int(s.frame_final_start), int(s.frame_final_end))
+            for s in snapshot.top_strips(scene) if s.name not in ignore]
+    ch = tl.first_free_channel(rows, int(video.channel), [(c.start, c.end) for c in clips])
+    if ch is None:
+        raise PlanError(f"No free channel above '{video.name}' for the results; free a channel above it.")
+    return ch
+
+
+def result_name(video, clip: Clip) -> str:
+    return f"{RESULT_PREFIX}{video.name} {clip.start}-{clip.end}"
+
+
+def place_results(scene, video, clips: list[Clip], relative: bool) -> list:
+    """Result movie strips on the first free channel above the video, each covering its clip exactly.
+
+    They are made on a channel that is free right now (Blender moves a strip that lands on another when its
+    handles change), the previous results are removed, then they move down to their channel.
+    """
+    se = scene.sequence_editor
+    old = results_for(scene, video.name)
+    target = result_channel(scene, video, clips, ignore={s.name for s in old})
+    staging = result_channel(scene, video, clips)
+    made = []
+    try:
+        for c in clips:
+            path = bpy.path.relpath(c.output) if relative else c.output
+            strip = compat.new_movie(se, result_name(video, c) + " (new)", path, staging, c.start)
+            strip[ROLE] = "result"
+            strip[SOURCE] = video.name
+            made.append(strip)
+            if strip.frame_final_end > c.end:  # noqa: PLR1730  (only touch handles when needed: it may move the strip)
+                strip.frame_final_end = c.end
+            _copy_look(video, strip)
+    except Exception:
+        for strip in made:  # all or nothing
+            compat.remove_strip(se, strip)
+        raise
+    for s in old:
+        compat.remove_strip(se, s)
+    for strip, c in zip(made, clips):
+        strip.channel = target
+        strip.name = result_name(video, c)
+    return made
+
+
+def mute_own_sound(scene, video, rng: tuple[int, int]) -> int:
+    """Mute the movie's own sound over rng (splitting pieces at rng's ends); never deletes a strip.
+
+    What a previous run muted for this video is unmuted first, so a changed audio range is followed.
+    """
+    for s in muted_for(scene, video.name):
+        s.mute = False
+        del s[MUTED_FOR]
+    for frame in rng:  # each cut on the piece that straddles it (pieces change with every split)
+        for piece in snapshot.own_sound_strips(scene, video):
+            if piece.frame_final_start < frame < piece.frame_final_end:
+                compat.split_strip(scene, piece, frame)
+    muted = 0
+    for piece in snapshot.own_sound_strips(scene, video):
+        if rng[0] <= piece.frame_final_start and piece.frame_final_end <= rng[1] and not piece.mute:
+            piece.mute = True
+            piece[MUTED_FOR] = video.name
+            muted += 1
+    return muted
+
+
+def apply_outcome(scene, snap: Snapshot, out: Outcome, relative: bool) -> str:
+    """Apply a finished job; returns a one-line summary for the report. Raises PlanError before any change."""
+    video, audio = current_strips(scene, snap)
+    lo, hi = video.frame_final_start, video.frame_final_end
+    if not out.clips:  # detection only
+        n = replace_markers(scene, lo, hi, out.markers or [])
+        faces = sum(1 for s in out.segments if s.face)
+        return f"{n} markers: {faces} of {len(out.segments)} segments have a face"
+    missing = [c.output for c in out.clips if not os.path.isfile(c.output)]
+    if missing:
+        raise PlanError(f"A result file disappeared: {missing[0]}; the timeline was not changed.")
+    removed = len(results_for(scene, video.name))
+    made = place_results(scene, video, out.clips, relative)
+    muted = mute_own_sound(scene, video, (audio.frame_final_start, audio.frame_final_end))
+    if out.markers is not None:
+        replace_markers(scene, lo, hi, out.markers)
+    return (f"{len(made)} lip-synced clip(s) on channel {made[0].channel}"
+            + (f", replaced {removed}" if removed else "") + (f", muted {muted} original sound piece(s)"
+                                                                if muted else ""))
+

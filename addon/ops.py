@@ -1,0 +1,220 @@
+"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel.
+
+In the interface a job runs modal: the worker in a subprocess, a thread that only queues its events, and a
+timer in the modal that applies them here on the main thread. From scripts (EXEC) and in background mode the
+same pipeline runs to completion before the operator returns. One job at a time (poll).
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from . import apply, compat, jobs, snapshot
+from .pipeline import Outcome, Pipeline
+from .plan import PlanError, precheck
+
+TIMER_S = 0.1
+
+
+def prepare(context, command: str):
+    """Snapshot + cheap checks on the main thread; raises PlanError."""
+    snap = snapshot.take(context, command)
+    if command == "sync":
+        precheck(snap)
+    return snap
+
+
+def start_job(context, command: str) -> jobs.Job:
+    """Start a job on its thread (what the modal operator does); raises PlanError for bad input."""
+    snap = prepare(context, command)
+    job = jobs.start(Pipeline(snap, command), snap.scene)
+    _show(context, job, running=True)
+    return job
+
+
+def pump(context, job: jobs.Job) -> bool:
+    """Apply the queued events to the UI state (main thread); True once the job has finished."""
+    if job.drain():
+        _show(context, job, running=not job.finished)
+    return job.finished
+
+
+def conclude(context, job_or_pipeline, outcome: Outcome) -> tuple[set, str, str]:
+    """Put a finished job on the timeline; returns (operator result, report level, message)."""
+    pipe = job_or_pipeline.pipeline if isinstance(job_or_pipeline, jobs.Job) else job_or_pipeline
+    if isinstance(job_or_pipeline, jobs.Job):
+        jobs.release(job_or_pipeline)
+    snap = pipe.snap
+    scene = bpy.data.scenes.get(snap.scene)
+    if outcome.status == "done" and scene is None:
+        pipe.discard()
+        outcome = Outcome("error", f"Scene '{snap.scene}' was renamed or removed while lip sync ran; nothing was "
+                                   "changed.")
+    if outcome.status == "done":
+        try:
+            _, relative = snapshot.output_dir()
+            summary = apply.apply_outcome(scene, snap, outcome, relative)
+            result, level, msg = {"FINISHED"}, "INFO", f"Lip Sync: {summary}"
+        except PlanError as exc:  # refused before any change: its files are of no use
+            pipe.discard()
+            result, level, msg = {"CANCELLED"}, "ERROR", str(exc)
+        except Exception as exc:  # noqa: BLE001  (a bug; strips may point at the files, so they stay)
+            result, level, msg = {"CANCELLED"}, "ERROR", f"Applying the lip-sync results failed: {exc!r}"
+    elif outcome.status == "cancelled":
+        result, level, msg = {"CANCELLED"}, "WARNING", outcome.message or "Lip sync cancelled."
+    else:
+        result, level, msg = {"CANCELLED"}, "ERROR", outcome.message
+    if scene is not None:
+        st = scene.lipsync
+        st.running, st.message = False, msg.splitlines()[0] if msg else ""
+        st.stage = "" if result == {"FINISHED"} else st.stage
+    _tag_redraw(context)
+    return result, level, msg
+
+
+def _show(context, job: jobs.Job, running: bool) -> None:
+    scene = bpy.data.scenes.get(job.scene_name)
+    if scene is not None:
+        st = scene.lipsync
+        st.running, st.stage, st.progress = running, job.status_line, job.fraction
+    compat.set_status(context, f"Lip Sync: {job.status_line}  (Esc to cancel)" if running else None)
+    wm = context.window_manager
+    if running and wm is not None and not bpy.app.background:
+        wm.progress_update(int(job.fraction * 100))
+    _tag_redraw(context)
+
+
+def _tag_redraw(context) -> None:
+    screen = getattr(context, "screen", None)
+    if screen is None:
+        return
+    for area in screen.areas:
+        if area.type == "SEQUENCE_EDITOR":
+            area.tag_redraw()
+
+
+class _JobOperator:
+    command = "sync"
+
+    @classmethod
+    def poll(cls, context):
+        return not jobs.busy() and compat.edit_scene(context) is not None
+
+    def execute(self, context):
+        try:
+            snap = prepare(context, self.command)
+        except PlanError as exc:
+            return self._fail(context, str(exc))
+        last = [""]
+
+        def emit(ev: dict) -> None:  # synchronous run: stage changes to the terminal
+            if ev.get("event") == "progress" and ev.get("stage") != last[0]:
+                last[0] = ev.get("stage")
+                print(f"lipsync: {last[0]}")
+
+        pipe = Pipeline(snap, self.command, emit)
+        outcome = pipe.run()
+        result, level, msg = conclude(context, pipe, outcome)
+        self.report({level}, msg)
+        return result
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        result = self._begin(context)
+        if result == {"RUNNING_MODAL"}:
+            context.window_manager.modal_handler_add(self)
+        return result
+
+    def _begin(self, context):
+        """Start the job and the timer that polls it; the caller adds the modal handler."""
+        try:
+            self._job = start_job(context, self.command)
+        except PlanError as exc:
+            return self._fail(context, str(exc))
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
+        wm.progress_begin(0, 100)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            self._job.cancel()
+            self.report({"INFO"}, "Cancelling lip sync...")
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if not pump(context, self._job):
+            return {"PASS_THROUGH"}  # other handlers' timers must still reach them
+        self._end_modal(context)
+        # Returning FINISHED makes Blender push this operator's one undo step, right after the apply.
+        result, level, msg = conclude(context, self._job, self._job.outcome)
+        self.report({level}, msg)
+        return result
+
+    def cancel(self, context):
+        """Blender ends the modal (file load, window closed): stop the job, leave the timeline alone."""
+        self._job.cancel()
+        self._job.wait(timeout=20)
+        self._job.pipeline.discard()
+        jobs.release(self._job)
+        self._end_modal(context)
+
+    def _end_modal(self, context) -> None:
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        compat.set_status(context, None)
+
+    def _fail(self, context, msg: str):
+        compat.edit_scene(context).lipsync.message = msg.splitlines()[0]
+        self.report({"ERROR"}, msg)
+        return {"CANCELLED"}
+
+
+class LIPSYNC_OT_detect_segments(_JobOperator, bpy.types.Operator):
+    """Find where the video strip shows a face and mark each face / no-face segment with timeline markers"""
+
+    bl_idname = "lipsync.detect_segments"
+    bl_label = "Detect Segments"
+    bl_options = {"REGISTER", "UNDO"}
+    command = "detect"
+
+
+class LIPSYNC_OT_sync(_JobOperator, bpy.types.Operator):
+    """Lip-sync the video strip's face segments to the audio strip; results go on a channel above the video"""
+
+    bl_idname = "lipsync.sync"
+    bl_label = "Lip Sync"
+    bl_options = {"REGISTER", "UNDO"}
+    command = "sync"
+
+
+class LIPSYNC_OT_cancel(bpy.types.Operator):
+    """Stop the running lip-sync job; nothing it made so far is kept"""
+
+    bl_idname = "lipsync.cancel"
+    bl_label = "Cancel Lip Sync"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        return jobs.busy()
+
+    def execute(self, context):
+        jobs.cancel_current()
+        self.report({"INFO"}, "Cancelling lip sync...")
+        return {"FINISHED"}
+
+
+classes = (LIPSYNC_OT_detect_segments, LIPSYNC_OT_sync, LIPSYNC_OT_cancel)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

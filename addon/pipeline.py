@@ -1,0 +1,154 @@
+"""The steps of one job (check Python, detect, sync), blocking, on plain data only.
+
+Runs on a job thread in the interface and inline in background mode; never touches bpy. Everything it writes
+goes into one fresh job folder, removed again when the job is cancelled or fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import engine, plan
+from . import timeline as tl
+from .plan import Clip, PlanError, Snapshot
+from .timeline import Segment
+
+
+@dataclass
+class Outcome:
+    status: str  # 'done' | 'error' | 'cancelled'
+    message: str = ""
+    segments: list[Segment] = field(default_factory=list)
+    markers: list[tuple[int, str]] | None = None  # to place, replacing ours inside the strip; None: keep
+    clips: list[Clip] = field(default_factory=list)
+    job_dir: str | None = None
+
+
+class _Stop(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class Pipeline:
+    """command 'detect' (markers only) or 'sync' (segments, then lip-synced clips)."""
+
+    def __init__(self, snap: Snapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
+        assert command in ("detect", "sync")
+        self.snap = snap
+        self.command = command
+        self.emit = emit or (lambda ev: None)
+        self._cancel = threading.Event()
+        self._worker: engine.WorkerProcess | None = None
+        self._lock = threading.Lock()
+        self.job_dir: Path | None = None
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancel.set()
+            if self._worker is not None:
+                self._worker.cancel()
+
+    def kill_worker(self) -> None:
+        """Kill the running worker outright (tests use it to check a dying engine)."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.kill()
+
+    @property
+    def worker(self) -> engine.WorkerProcess | None:
+        return self._worker
+
+    def run(self) -> Outcome:
+        try:
+            out = self._run()
+        except _Stop as stop:
+            out = stop.outcome
+        except (PlanError, engine.EngineError) as exc:
+            out = Outcome("error", str(exc))
+        except Exception:  # noqa: BLE001  (a bug: its traceback goes into the report, the editor sees it)
+            out = Outcome("error", "Lip sync failed unexpectedly:\n" + traceback.format_exc(limit=6))
+        except BaseException:  # Ctrl+C in a background run: the worker is gone already, its files go too
+            self.discard()
+            raise
+        if out.status != "done":
+            self.discard()
+        return out
+
+    def discard(self) -> None:
+        """Remove this job's folder and whatever the engine left in it."""
+        if self.job_dir is not None and self.job_dir.exists():
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+
+    # -- steps
+
+    def _run(self) -> Outcome:
+        snap = self.snap
+        self._stage("checking the engine Python")
+        engine.probe_python(snap.python)
+        self._check_cancel()
+
+        markers = None
+        if self.command == "detect" or plan.needs_detection(snap):
+            result = self._work(plan.segments_job(snap))
+            detected = plan.detected_segments(snap, result)
+            if not any(s.face for s in detected):
+                raise PlanError(plan.no_face_message(snap))
+            if self.command == "detect" or snap.segment_source == "AUTO":
+                segments = detected
+                markers = tl.markers_for_segments(detected)
+            else:  # markers placed by hand: detection says which of them show a face
+                faces = [(s.start, s.end) for s in detected if s.face]
+                segments = tl.label_segments(plan.marker_segments(snap), faces)
+        elif snap.segment_source == "STRIP":
+            segments = [Segment(*snap.video.timing.visible, True)]
+        else:
+            segments = plan.marker_segments(snap)
+
+        if self.command == "detect":
+            return Outcome("done", segments=segments, markers=markers)
+
+        job_dir = plan.new_job_dir(snap)
+        clips = plan.sync_clips(snap, segments, job_dir)
+        try:
+            job_dir.mkdir(parents=True)
+        except OSError as exc:
+            raise PlanError(f"Cannot write the results to {job_dir.parent}: {exc.strerror}. Save the .blend in a "
+                            "folder you can write to (results go to its lipsync/ folder).") from exc
+        self.job_dir = job_dir  # ours from here on: removed again if the job does not finish
+        self._work(plan.sync_job(snap, clips))
+        missing = plan.missing_outputs(clips)
+        if missing:
+            raise PlanError(f"The engine finished but did not write {missing[0]}; the timeline was not changed.")
+        return Outcome("done", segments=segments, markers=markers, clips=clips, job_dir=str(self.job_dir))
+
+    def _stage(self, text: str) -> None:
+        self.emit({"event": "progress", "stage": text, "done": 0, "total": None})
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise _Stop(Outcome("cancelled", "Cancelled; the timeline was not changed."))
+
+    def _work(self, job: dict) -> dict:
+        self._check_cancel()
+        worker = engine.WorkerProcess(self.snap.python, job, self.emit, cache_dir=self.snap.cache_dir)
+        with self._lock:
+            self._worker = worker
+        if self._cancel.is_set():
+            worker.cancel()
+        try:
+            res = worker.run()
+        finally:
+            with self._lock:
+                self._worker = None
+        if res.kind == "cancelled" or self._cancel.is_set():
+            raise _Stop(Outcome("cancelled", "Cancelled; the timeline was not changed."))
+        if res.kind == "error":
+            msg = res.event.get("message") or "The engine failed without a message."
+            raise _Stop(Outcome("error", msg))
+        return res.event

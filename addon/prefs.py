@@ -1,0 +1,131 @@
+"""Add-on preferences: which Python runs the engine, which checkpoint, which device; the Check button."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import engine
+
+PACKAGE = __package__
+_last_check: dict[str, str] = {}  # python path -> the Check button's last answer, shown in the preferences
+
+
+def get(context=None):
+    context = context or bpy.context
+    addon = context.preferences.addons.get(PACKAGE)
+    return addon.preferences if addon is not None else None
+
+
+def user_dir() -> str:
+    """The extension's own writable folder (caches, the engine venv); a temp folder outside an extension."""
+    try:
+        return bpy.utils.extension_path_user(PACKAGE, create=True)
+    except (ValueError, RuntimeError):  # loaded as a plain add-on from a checkout
+        path = Path(tempfile.gettempdir()) / "lipsync-blender"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+
+def _user_dir_if_any() -> Path | None:
+    try:
+        return Path(bpy.utils.extension_path_user(PACKAGE, create=False))
+    except (ValueError, RuntimeError):
+        return None
+
+
+def found_python() -> tuple[str, str] | None:
+    """(path, where from) of an engine Python found without the preference."""
+    return engine.find_python(_user_dir_if_any())
+
+
+def engine_python(p) -> str:
+    """The preference when set, else the automatic choice; '' when there is none."""
+    if p is not None and p.python_path.strip():
+        return os.path.normpath(bpy.path.abspath(p.python_path.strip()))
+    found = found_python()
+    return found[0] if found else ""
+
+
+class LIPSYNC_OT_check_python(bpy.types.Operator):
+    """Run the engine Python once and report whether it has torch, its version and whether CUDA is available"""
+
+    bl_idname = "lipsync.check_python"
+    bl_label = "Check"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        python = engine_python(get(context))
+        if not python:
+            self.report({"ERROR"}, "No engine Python set or found; set Python to one with torch installed.")
+            return {"CANCELLED"}
+        try:
+            info = engine.probe_python(python, use_cache=False)
+        except engine.EngineError as exc:
+            _last_check[python] = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        text = (f"torch {info['torch']} (Python {info.get('python', '?')}), "
+                f"CUDA: {'yes' if info['cuda'] else 'no'}, MPS: {'yes' if info.get('mps') else 'no'}")
+        _last_check[python] = text
+        self.report({"INFO"}, text)
+        return {"FINISHED"}
+
+
+class LipsyncPreferences(bpy.types.AddonPreferences):
+    bl_idname = PACKAGE
+
+    python_path: StringProperty(
+        name="Python",
+        description="The Python with torch that runs the lip-sync engine; empty: found automatically "
+                    "(LIPSYNC_PYTHON, a checkout's .venv, or the engine venv in the extension's user folder)",
+        subtype="FILE_PATH",
+    )
+    checkpoint_path: StringProperty(
+        name="Checkpoint",
+        description="Wav2Lip generator weights (.pth)",
+        subtype="FILE_PATH",
+    )
+    device: EnumProperty(
+        name="Device",
+        items=[("AUTO", "Auto", "CUDA if available, else Apple MPS, else CPU"),
+               ("CUDA", "CUDA", "NVIDIA GPU"),
+               ("CPU", "CPU", "Processor only (slow but always there)"),
+               ("MPS", "MPS", "Apple GPU")],
+        default="AUTO",
+    )
+
+    def draw(self, context):
+        layout = self.layout
+        row = layout.row(align=True)
+        row.prop(self, "python_path")
+        row.operator(LIPSYNC_OT_check_python.bl_idname, icon="CHECKMARK")
+        python = engine_python(self)
+        if not self.python_path.strip():
+            found = found_python()
+            if found:
+                layout.label(text=f"Automatic: {found[0]} ({found[1]})", icon="INFO")
+            else:
+                layout.label(text="No Python with torch found: set one (python build.py setup makes "
+                                  ".venv/bin/python in a checkout)", icon="ERROR")
+        if python in _last_check:
+            layout.label(text=_last_check[python])
+        layout.prop(self, "checkpoint_path")
+        layout.prop(self, "device")
+
+
+classes = (LIPSYNC_OT_check_python, LipsyncPreferences)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

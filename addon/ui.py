@@ -1,0 +1,70 @@
+"""The "Lip Sync" tab in the Sequencer sidebar."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import compat, jobs, snapshot
+
+
+class LIPSYNC_PT_panel(bpy.types.Panel):
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "Lip Sync"
+    bl_label = "Lip Sync"
+
+    def draw(self, context):
+        layout = self.layout
+        scene = compat.edit_scene(context)
+        if scene is None:
+            return
+        st = scene.lipsync
+        se = scene.sequence_editor
+        if se is None:
+            layout.label(text="Add a movie and the new audio first", icon="INFO")
+            return
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        coll = compat.strips_prop_name(se)
+        col.prop_search(st, "video_strip", se, coll, icon="FILE_MOVIE")
+        video = snapshot.find_strip(scene, st.video_strip) if st.video_strip else snapshot.default_video(scene)
+        if not st.video_strip:
+            col.label(text=f"Using: {video.name}" if video else "Pick a movie strip or make one active")
+        col.prop_search(st, "audio_strip", se, coll, icon="FILE_SOUND")
+        if not st.audio_strip:
+            audio = snapshot.default_audio(scene, video)
+            col.label(text=f"Using: {audio.name}" if audio else "Pick the new dialogue's sound strip")
+        col.separator()
+        col.prop(st, "segment_source")
+        col.prop(st, "blend_mode")
+        row = col.row(align=True)
+        row.prop(st, "pads")
+
+        job = jobs.current
+        row = layout.row(align=True)
+        row.enabled = job is None
+        row.operator("lipsync.detect_segments", icon="VIEWZOOM")
+        row.operator("lipsync.sync", icon="PLAY_SOUND")
+        if job is not None:
+            box = layout.box()
+            if hasattr(box, "progress"):  # UILayout.progress: 4.0+
+                box.progress(factor=st.progress, type="BAR", text=st.stage or "working")
+            else:
+                box.label(text=f"{st.stage} ({st.progress * 100:.0f}%)")
+            box.operator("lipsync.cancel", icon="CANCEL")
+        elif st.message:
+            layout.label(text=st.message)
+
+
+classes = (LIPSYNC_PT_panel,)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,158 @@
+"""The add-on's pure helpers (frame maths, channels, marker segments, job plans): no bpy, no worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from addon import engine, plan
+from addon import timeline as tl
+from addon.plan import PlanError, Snapshot, StripRef
+from addon.timeline import Segment, Timing
+
+
+def test_movie_source_frames_follow_offsets_not_trims():
+    t = Timing(frame_start=10, final_start=15, final_end=50, animation_offset_start=3)
+    assert tl.source_frame(t, 10) == 3  # content start = file frame 3 (hold offset)
+    assert tl.source_frame(t, 15) == 8  # trim hides frames but does not shift them
+    assert tl.source_range(t, *t.visible) == (8, 43)
+    assert tl.timeline_frame(t, 8) == 15
+
+
+def test_sound_seconds_honour_offset_and_sound_offset():
+    t = Timing(frame_start=26, final_start=30, final_end=100, animation_offset_start=10, sound_offset=0.2)
+    assert tl.sound_seconds(t, 26, 25.0) == pytest.approx(10 / 25 - 0.2)
+    assert tl.sound_seconds(t, 51, 25.0) == pytest.approx(35 / 25 - 0.2)
+    early = Timing(frame_start=20, final_start=20, final_end=60)
+    assert tl.sound_seconds(early, 10, 25.0) == pytest.approx(-0.4)  # before the file: negative, silence
+
+
+def test_fps_match():
+    assert tl.fps_matches(30000 / 1001, 29.97)
+    assert tl.fps_matches(25.0, tl.scene_fps(25, 1.0))
+    assert not tl.fps_matches(25.0, 24.0)
+    assert not tl.fps_matches(30.0, 29.97)
+
+
+def test_occupied_ranges_and_first_free_channel():
+    strips = [(1, 1, 100), (2, 1, 100), (3, 50, 60), (3, 55, 70), (4, 200, 300)]
+    assert tl.occupied_ranges(strips, 3) == [(50, 70)]
+    assert tl.first_free_channel(strips, 1, [(1, 40)]) == 3  # channel 3 is free before 50
+    assert tl.first_free_channel(strips, 1, [(1, 40), (60, 80)]) == 4
+    assert tl.first_free_channel(strips, 1, [(250, 260)]) == 2  # channel 2 ends at 100
+    assert tl.first_free_channel([(c, 0, 10) for c in range(2, 129)], 1, [(0, 5)]) is None
+    assert tl.first_free_channel(strips, 2, [(100, 120)]) == 3  # touching ends do not overlap
+
+
+def test_segments_from_markers_inside_strip_only():
+    markers = [(1, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end"), (300, "intro")]
+    segs = tl.segments_from_markers(markers, 1, 111)
+    assert segs == [Segment(1, 41, True), Segment(41, 71, False), Segment(71, 111, True)]
+    assert tl.segments_from_markers([(5, "a"), (20, "b")], 10, 100) == []
+    assert tl.segments_from_markers([(20, "a"), (30, "b")], 10, 100) == [Segment(20, 30, None)]
+
+
+def test_markers_for_segments_round_trip():
+    segs = [Segment(1, 41, True), Segment(41, 71, False), Segment(71, 111, True)]
+    markers = tl.markers_for_segments(segs)
+    assert markers == [(1, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end")]
+    assert tl.segments_from_markers(markers, 1, 111) == segs
+    assert all(tl.is_own_marker(n) for _, n in markers)
+
+
+def test_cover_fills_gaps_and_merges():
+    assert tl.cover([(10, 20, True), (30, 40, True)], 0, 50) == [
+        Segment(0, 10, False), Segment(10, 20, True), Segment(20, 30, False), Segment(30, 40, True),
+        Segment(40, 50, False)]
+    assert tl.cover([(0, 20, True), (20, 40, True)], 5, 30) == [Segment(5, 30, True)]
+    assert tl.cover([], 0, 10) == [Segment(0, 10, False)]
+
+
+def test_label_segments_by_face_coverage():
+    segs = [Segment(0, 40, None), Segment(40, 70, None), Segment(70, 110, True)]
+    out = tl.label_segments(segs, [(0, 38), (72, 110)])
+    assert [s.face for s in out] == [True, False, True]
+
+
+def _snap(tmp_path: Path, **kw) -> Snapshot:
+    video = StripRef("clip", "MOVIE", str(tmp_path / "clip.mp4"), 1,
+                     Timing(frame_start=1, final_start=6, final_end=111, animation_offset_start=0), 25.0)
+    audio = StripRef("speech", "SOUND", str(tmp_path / "speech.wav"), 3,
+                     Timing(frame_start=11, final_start=11, final_end=200, animation_offset_start=5), None)
+    base = {"scene": "Edit", "fps": 25.0, "video": video, "audio": audio,
+            "markers": ((6, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end")),
+            "python": "/py", "checkpoint": "/ck.pth", "out_dir": str(tmp_path / "out")}
+    base.update(kw)
+    return Snapshot(**base)
+
+
+def test_sync_clips_cut_to_audio_and_mapped(tmp_path):
+    snap = _snap(tmp_path)
+    segs = plan.marker_segments(snap)
+    clips = plan.sync_clips(snap, segs, tmp_path / "job")
+    # first face segment 6-41 starts before the audio (11): only 11-41 is lip-synced
+    assert [(c.start, c.end) for c in clips] == [(11, 41), (71, 111)]
+    assert [(c.src_start, c.src_end) for c in clips] == [(10, 40), (70, 110)]
+    assert clips[0].audio_start == pytest.approx(5 / 25)  # hold offset 5 frames at the strip's start
+    assert clips[1].audio_start == pytest.approx((71 - 11 + 5) / 25)
+    job = plan.sync_job(snap, clips)
+    assert job["command"] == "sync" and job["clips"][0]["start_frame"] == 10 and job["options"]["pads"] == [0, 10, 0, 0]
+    assert job["options"]["blend"] == "feather"
+
+
+def test_segments_job_uses_visible_source_range(tmp_path):
+    job = plan.segments_job(_snap(tmp_path))
+    assert (job["start_frame"], job["end_frame"]) == (5, 110)
+
+
+def test_detected_segments_back_to_timeline(tmp_path):
+    snap = _snap(tmp_path)
+    result = {"segments": [{"start_frame": 5, "end_frame": 40, "face": True},
+                           {"start_frame": 40, "end_frame": 70, "face": False},
+                           {"start_frame": 70, "end_frame": 110, "face": True}]}
+    assert plan.detected_segments(snap, result) == [Segment(6, 41, True), Segment(41, 71, False),
+                                                    Segment(71, 111, True)]
+
+
+def test_plan_refusals(tmp_path):
+    with pytest.raises(PlanError, match="marker"):
+        plan.marker_segments(_snap(tmp_path, markers=((200, "a"), (300, "b"))))
+    with pytest.raises(PlanError, match="No face anywhere"):
+        plan.precheck(_snap(tmp_path, markers=((6, "LS no face"), (111, "LS end"))))
+    with pytest.raises(PlanError, match="No face anywhere"):
+        plan.sync_clips(_snap(tmp_path), [Segment(6, 111, False)], tmp_path)
+    far = StripRef("speech", "SOUND", "/a.wav", 3, Timing(500, 500, 600), None)
+    with pytest.raises(PlanError, match="does not lie under"):
+        plan.precheck(_snap(tmp_path, audio=far))
+
+
+def test_needs_detection(tmp_path):
+    assert not plan.needs_detection(_snap(tmp_path))
+    assert plan.needs_detection(_snap(tmp_path, markers=((6, "cut"), (50, "cut2"))))
+    assert plan.needs_detection(_snap(tmp_path, segment_source="AUTO"))
+    assert not plan.needs_detection(_snap(tmp_path, segment_source="STRIP"))
+
+
+def test_job_dirs_are_fresh(tmp_path):
+    snap = _snap(tmp_path)
+    a = plan.new_job_dir(snap)
+    a.mkdir(parents=True)
+    b = plan.new_job_dir(snap)
+    assert a != b and a.parent == b.parent == tmp_path / "out"
+
+
+def test_died_message_names_exit_and_stderr():
+    msg = engine.died_message(-9, ["Traceback", "MemoryError"])
+    assert "signal 9" in msg and "MemoryError" in msg and "not changed" in msg
+    assert "code 3" in engine.died_message(3, [])
+
+
+def test_worker_env_points_at_bundled_core(monkeypatch):
+    monkeypatch.delenv("LIPSYNC_CACHE_DIR", raising=False)
+    env = engine.subprocess_env("/ext/cache")
+    assert Path(env["PYTHONPATH"]) == engine.core_dir()
+    assert env["LIPSYNC_CACHE_DIR"] == "/ext/cache"
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", "/mine")
+    assert engine.subprocess_env("/ext/cache")["LIPSYNC_CACHE_DIR"] == "/mine"  # the user's choice wins
+    assert (engine.core_dir() / "lipsync_core" / "worker.py").is_file()
