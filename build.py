@@ -12,52 +12,31 @@ Runs with any Python 3.11; everything heavy happens inside .venv.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
-import tomllib
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # lipsync_core.setup_env is standard library only
 VENV = ROOT / ".venv"
-STAMP = VENV / ".lipsync-deps"
 
 
-def venv_python(venv_dir: Path = VENV) -> Path:
-    return venv_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+def requirements(dev: bool = True) -> list[str]:
+    from lipsync_core.setup_env import DEV, RUNTIME
+
+    return RUNTIME + (DEV if dev else [])
 
 
-def requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
-    """Dependencies straight from pyproject.toml, so there is one list to keep."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = list(project["dependencies"])
-    for extra in extras:
-        reqs += project.get("optional-dependencies", {}).get(extra, [])
-    return reqs
+def venv_python() -> Path:
+    from lipsync_core.setup_env import venv_python as vp
 
-
-def ensure_venv(venv_dir: Path, reqs: list[str], log=print) -> Path:
-    """Create venv_dir (if needed) and pip-install reqs; a stamp makes a second call instant.
-
-    Shared with the Blender extension's "Set up engine" button (it imports this via lipsync_core.setup_env).
-    """
-    py = venv_python(venv_dir)
-    stamp = venv_dir / ".lipsync-deps"
-    want = hashlib.sha256("\n".join(reqs).encode()).hexdigest()
-    if py.exists() and stamp.exists() and stamp.read_text().strip() == want:
-        return py
-    if not py.exists():
-        log(f"creating {venv_dir}")
-        venv.EnvBuilder(with_pip=True).create(venv_dir)
-    log("installing: " + " ".join(reqs))
-    subprocess.check_call([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", *reqs])
-    stamp.write_text(want)
-    return py
+    return vp(VENV)
 
 
 def cmd_setup(_args: list[str]) -> int:
+    from lipsync_core.setup_env import ensure_venv
+
     ensure_venv(VENV, requirements())
     print(f"ready: {venv_python()}")
     return 0

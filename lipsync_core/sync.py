@@ -327,6 +327,8 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     info = probe(video)
     ainfo = probe_audio(audio)
     _check_checkpoint(checkpoint)
+    if isinstance(opts.segments, str) and opts.segments.strip().lower() not in ("auto", "all"):
+        parse_ranges(opts.segments, info.fps, info.frames)  # bad ranges fail before the model loads
     engine = Engine(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
 
     segments = resolve_segments(video, info, opts, progress, cancel, clock)

@@ -121,7 +121,7 @@ def test_bad_inputs(work, tmp_path):
     trunc.write_bytes(open(k, "rb").read()[:100000])
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", trunc, expect="checkpoint")
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", tmp_path / "none.pth", expect="checkpoint not found")
-    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "1-9", expect="outside")
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "1-9", expect="past the end")
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "3-1", expect="")
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "0-2,1-3", expect="overlap")
     r = run_cli("sync", c, s, "-o", tmp_path / "missing" / "o.mp4", "--checkpoint", k)
