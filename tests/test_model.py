@@ -1,0 +1,298 @@
+"""Wav2Lip generator: layout, checkpoint loading and refusals, device/precision choice, batched inference."""
+
+import builtins
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ckpt import cached_random_model, shared_checkpoint, write_random_checkpoint
+
+from lipsync_core import device as dev
+from lipsync_core.errors import LipsyncError
+from lipsync_core.inference import FaceGenerator, default_batch_size
+from lipsync_core.model import (
+    N_TENSORS,
+    Wav2Lip,
+    check_state_dict,
+    describe_problems,
+    expected_shapes,
+    load_model,
+)
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    return shared_checkpoint(tmp_path_factory, "official")
+
+
+@pytest.fixture(scope="module")
+def model(official):
+    return load_model(official)
+
+
+def batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    mels = rng.normal(-1.0, 1.5, (n, 80, 16)).astype(np.float32)
+    faces = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+    return mels, faces
+
+
+class CodeCarrier:
+    """Unpickling this would call open(path, "w"), creating the file: a harmless stand-in for real malware."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (builtins.open, (self.path, "w"))
+
+
+# -- layout ----------------------------------------------------------------------------------------------
+
+
+def test_state_dict_matches_the_official_layout():
+    with torch.device("meta"):
+        net = Wav2Lip()
+    state = net.state_dict()
+    assert len(state) == N_TENSORS == 352
+    assert sum(p.numel() for p in net.parameters()) == 36_298_035
+    assert {k.split(".")[0] for k in state} == {
+        "face_encoder_blocks", "audio_encoder", "face_decoder_blocks", "output_block"}
+    # Spot checks against the reference layout, including the transposed convs' (in, out, k, k) weights.
+    assert state["face_encoder_blocks.0.0.conv_block.0.weight"].shape == (16, 6, 7, 7)
+    assert state["audio_encoder.12.conv_block.1.num_batches_tracked"].shape == ()
+    assert state["face_decoder_blocks.1.0.conv_block.0.weight"].shape == (1024, 512, 3, 3)
+    assert state["face_decoder_blocks.6.2.conv_block.1.running_var"].shape == (64,)
+    assert state["output_block.1.weight"].shape == (3, 32, 1, 1)
+    assert "output_block.1.bias" in state and "output_block.2.weight" not in state
+    assert expected_shapes() == {k: tuple(v.shape) for k, v in state.items()}
+
+
+def test_forward_shape_and_range(model):
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
+    assert out.shape == (2, 3, 96, 96)
+    assert 0.0 <= out.min() and out.max() <= 1.0 and out.std() > 0.05  # spread, not saturated
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+
+
+def test_official_file_layout(official):
+    raw = torch.load(official, map_location="cpu", weights_only=True)
+    assert set(raw) == {"state_dict", "optimizer", "global_step", "global_epoch"}
+    assert all(k.startswith("module.") for k in raw["state_dict"]) and len(raw["state_dict"]) == 352
+    assert set(raw["optimizer"]) == {"state", "param_groups"}
+
+
+def test_official_bare_and_legacy_round_trip(tmp_path_factory, model):
+    bare = shared_checkpoint(tmp_path_factory, "bare")
+    legacy = write_random_checkpoint(tmp_path_factory.mktemp("legacy") / "w.pth", legacy_format=True)
+    want = cached_random_model(0).state_dict()
+    for net in (model, load_model(bare), load_model(legacy)):
+        assert not net.training
+        got = net.state_dict()
+        assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    legacy.unlink()
+    mel, faces = torch.randn(1, 1, 80, 16), torch.rand(1, 6, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(model(mel, faces), load_model(bare)(mel, faces))
+
+
+def test_wrong_architecture_is_named(tmp_path):
+    # A SyncNet-like net: different module names, so everything is missing or unexpected.
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    torch.save({"state_dict": {"module.face_encoder." + k: v for k, v in other.state_dict().items()}},
+               tmp_path / "syncnet.pth")
+    with pytest.raises(LipsyncError) as err:
+        load_model(tmp_path / "syncnet.pth")
+    text = str(err.value)
+    assert "not a Wav2Lip generator checkpoint" in text
+    assert "352 tensors missing" not in text and "302 tensors missing" in text  # 50 num_batches_tracked optional
+    assert "face_encoder_blocks.0.0.conv_block.0.weight" in text
+    assert "unexpected (face_encoder.0.weight" in text
+    assert "Traceback" not in text
+
+
+def test_mis_shaped_tensor_is_named():
+    state = {k: torch.empty(s, device="meta") for k, s in expected_shapes().items()}
+    state["output_block.1.weight"] = torch.empty(3, 16, 1, 1)
+    problems = check_state_dict(state)
+    assert problems["mismatched"] == [("output_block.1.weight", (3, 16, 1, 1), (3, 32, 1, 1))]
+    assert not problems["missing"] and not problems["unexpected"]
+    assert "output_block.1.weight [3, 16, 1, 1] != [3, 32, 1, 1]" in describe_problems(problems, "x.pth")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_code_carrying_pickle_is_refused_and_not_run(tmp_path, legacy):
+    payload = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "x": CodeCarrier(payload)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(LipsyncError) as err:
+        load_model(path)
+    assert not payload.exists()
+    assert "not a plain weights file" in str(err.value) and "carries code" in str(err.value)
+
+
+def test_unreadable_files_are_refused(tmp_path, official):
+    data = official.read_bytes()
+    cases = {
+        "truncated.pth": data[: len(data) // 2],
+        "empty.pth": b"",
+        "page.pth": b"<!DOCTYPE html><html>Sign in</html>",
+        "head.pth": data[:100],
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(LipsyncError, match="re-download it") as err:
+            load_model(tmp_path / name)
+        assert "Traceback" not in str(err.value)
+    with pytest.raises(LipsyncError, match="web page"):
+        load_model(tmp_path / "page.pth")
+    with pytest.raises(LipsyncError, match="does not exist"):
+        load_model(tmp_path / "nothing.pth")
+
+
+# -- device and precision --------------------------------------------------------------------------------
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dev, "_mps_available", lambda: False)
+    assert dev.pick_device("auto") == torch.device("cpu")
+    assert dev.pick_device(None) == torch.device("cpu")
+    assert dev.pick_device("CPU") == torch.device("cpu")
+    for name in ("cuda", "cuda:1", "mps"):
+        with pytest.raises(LipsyncError, match="auto or cpu"):
+            dev.pick_device(name)
+    with pytest.raises(LipsyncError, match="Unknown device"):
+        dev.pick_device("gpu please")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dev.pick_device("auto") == torch.device("cuda")
+    with pytest.raises(LipsyncError, match="1 CUDA GPU"):
+        dev.pick_device("cuda:3")
+
+
+def test_pick_dtype(monkeypatch):
+    monkeypatch.delenv("LIPSYNC_PRECISION", raising=False)
+    assert dev.pick_dtype("cuda") == torch.float16
+    assert dev.pick_dtype("cpu") == torch.float32  # bf16 is opt-in on CPUs (see device.py)
+    assert dev.pick_dtype("mps") == torch.float32
+    monkeypatch.setenv("LIPSYNC_PRECISION", "fp32")
+    assert dev.pick_dtype("cuda") == torch.float32
+    monkeypatch.setenv("LIPSYNC_PRECISION", "bf16")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.pick_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="not supported"):
+        assert dev.pick_dtype("cpu") == torch.float32
+    monkeypatch.setenv("LIPSYNC_PRECISION", "fp16")
+    with pytest.warns(UserWarning):
+        assert dev.pick_dtype("cpu") == torch.float32
+    monkeypatch.setenv("LIPSYNC_PRECISION", "fp8")
+    with pytest.raises(LipsyncError, match="fp32, bf16, fp16"):
+        dev.pick_dtype("cpu")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.pick_dtype("cpu", override="bfloat16") == torch.bfloat16
+
+
+# -- inference -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_input_is_built_like_the_reference(model, channels_last):
+    mels, faces = batch(3)
+    gen = FaceGenerator(model, "cpu", torch.float32, channels_last=channels_last)
+    mel, x = gen.make_inputs(mels, faces)
+
+    # The reference inference.py, step by step: masked copy FIRST, float64 /255, then FloatTensor NCHW.
+    masked = faces.copy()
+    masked[:, 96 // 2:] = 0
+    ref = np.concatenate((masked, faces), axis=3) / 255.0
+    ref_x = torch.FloatTensor(np.transpose(ref, (0, 3, 1, 2)))
+    ref_mel = torch.FloatTensor(np.transpose(np.reshape(mels, [3, 80, 16, 1]), (0, 3, 1, 2)))
+    assert x.dtype == torch.float32 and torch.equal(x, ref_x)  # bit for bit
+    assert torch.equal(mel, ref_mel)
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.all(x[:, :3, 48:] == 0) and torch.all(x[:, 3:, 48:] == ref_x[:, 3:, 48:])
+
+
+def reference_predict(net, mels, faces):
+    """The reference's numbers: torch.FloatTensor of the transposed numpy batch, the model as loaded (no
+    channels_last), no_grad, then (pred * 255.).astype(np.uint8)."""
+    masked = faces.copy()
+    masked[:, 48:] = 0
+    img = np.concatenate((masked, faces), axis=3) / 255.0
+    img = torch.FloatTensor(np.transpose(img, (0, 3, 1, 2)))
+    mel = torch.FloatTensor(np.transpose(np.reshape(mels, [len(mels), 80, 16, 1]), (0, 3, 1, 2)))
+    with torch.no_grad():
+        pred = net(mel, img)
+    return (pred.cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+
+
+def test_fp32_predict_matches_reference(official):
+    mels, faces = batch(2, seed=1)
+    want = reference_predict(load_model(official), mels, faces)
+    for channels_last in (False, True):
+        got = FaceGenerator(load_model(official), "cpu", torch.float32, channels_last=channels_last).predict(
+            mels, faces)
+        assert got.shape == (2, 96, 96, 3) and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - want.astype(int))
+        # Only float summation order differs (the reference's FloatTensor keeps numpy's NHWC strides, so
+        # its first conv already runs channels_last while its weights do not): a handful of 1-level flips.
+        assert diff.max() <= 1, diff.max()
+        assert np.mean(diff > 0) < 1e-3
+
+
+@pytest.mark.skipif(not dev.cpu_has_native_bf16(), reason="CPU has no native bf16: emulated bf16 is too slow")
+def test_bf16_close_to_fp32(model):
+    """bf16 keeps 8 mantissa bits; over 50 layers that moves some outputs by several /255 (measured max 17,
+    mean ~1.3 with this random checkpoint). That is why bf16 is opt-in on CPUs; this guards the bf16 path
+    against gross errors (wrong casts, wrong scaling), which would show as tens of levels on average."""
+    mels, faces = batch(4, seed=2)
+    fp32 = FaceGenerator(model, "cpu", torch.float32).predict(mels, faces).astype(int)
+    bf16 = FaceGenerator(model, "cpu", torch.bfloat16).predict(mels, faces).astype(int)
+    diff = np.abs(bf16 - fp32)
+    print(f"bf16 vs fp32: max {diff.max()}/255, mean {diff.mean():.3f}/255, >1/255 on {np.mean(diff > 1):.1%}")
+    assert diff.mean() <= 2.5 and diff.max() <= 40
+    assert np.mean(diff <= 1) > 0.5
+
+
+def test_predict_edge_cases(model):
+    gen = FaceGenerator(model, "cpu", torch.float32)
+    assert gen.predict(np.zeros((0, 80, 16), np.float32), np.zeros((0, 96, 96, 3), np.uint8)).shape == (
+        0, 96, 96, 3)
+    mels, faces = batch(2)
+    with pytest.raises(ValueError, match="uint8"):
+        gen.predict(mels, faces.astype(np.float32))
+    with pytest.raises(ValueError, match="2 mel windows for 1 faces"):
+        gen.predict(mels, faces[:1])
+    with pytest.raises(ValueError, match=r"\(B, 96, 96, 3\)"):
+        gen.predict(mels, faces[:, :48])
+    # float64 mels (librosa's default) are accepted and cast like the reference's FloatTensor.
+    a = gen.predict(mels.astype(np.float64), faces)
+    b = gen.predict(mels, faces)
+    assert np.array_equal(a, b)
+    assert default_batch_size("cpu") == 16 and default_batch_size("cuda") >= 64
+
+
+def test_short_batches_are_padded_for_a_compiled_model(model):
+    gen = FaceGenerator(model, "cpu", torch.float32)
+    gen._compiled = True  # the padding logic, without paying for torch.compile
+    mels, faces = batch(3, seed=3)
+    full = gen.predict(mels, faces)
+    seen = []
+    forward = gen._forward
+    gen._forward = lambda mel, x: seen.append(len(x)) or forward(mel, x)
+    short = gen.predict(mels[:1], faces[:1])
+    assert seen == [3] and short.shape == (1, 96, 96, 3)
+    assert np.abs(short.astype(int) - full[:1].astype(int)).max() <= 1
+
+
+def test_no_warnings_on_load(official):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(official)
