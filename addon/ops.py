@@ -1,4 +1,5 @@
-"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel.
+"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel (and registers setup_ops' and weights_ops'
+set-up / download operators).
 
 In the interface a job runs modal: the worker in a subprocess, a thread that only queues its events, and a
 timer in the modal that applies them here on the main thread. From scripts (EXEC) and in background mode the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import apply, compat, jobs, snapshot
+from . import apply, compat, jobs, setup_ops, snapshot, weights_ops
 from .pipeline import Outcome, Pipeline
 from .plan import PlanError, precheck
 
@@ -213,8 +214,12 @@ classes = (LIPSYNC_OT_detect_segments, LIPSYNC_OT_sync, LIPSYNC_OT_cancel)
 def register():
     for cls in classes:
         bpy.utils.register_class(cls)
+    setup_ops.register()
+    weights_ops.register()
 
 
 def unregister():
+    weights_ops.unregister()
+    setup_ops.unregister()
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -1,4 +1,5 @@
-"""Add-on preferences: which Python runs the engine, which checkpoint, which device; the Check button."""
+"""Add-on preferences: which Python runs the engine, which checkpoint, which device; the Check button, and the
+Set up Engine / Download Weights buttons (setup_ops.py, weights_ops.py)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
                ("MPS", "MPS", "Apple GPU")],
         default="AUTO",
     )
+    weights_model: EnumProperty(
+        name="Weights",
+        description="Which Wav2Lip generator Download Weights fetches",
+        items=[("wav2lip_gan", "Wav2Lip GAN", "Sharper mouth, slightly weaker sync: the usual choice (~436 MB)"),
+               ("wav2lip", "Wav2Lip", "Most accurate sync, slightly blurrier mouth (~436 MB)")],
+        default="wav2lip_gan",
+    )
 
     def draw(self, context):
         layout = self.layout
@@ -114,8 +122,40 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
                                   ".venv/bin/python in a checkout)", icon="ERROR")
         if python in _last_check:
             layout.label(text=_last_check[python])
+        _draw_setup(layout)
         layout.prop(self, "checkpoint_path")
+        _draw_weights(self, layout)
         layout.prop(self, "device")
+
+
+def _draw_setup(layout) -> None:
+    """Module functions, not methods: tests draw the preferences with a stand-in `self`."""
+    from . import setup_ops
+
+    box = layout.box()
+    row = box.row()
+    row.operator(setup_ops.LIPSYNC_OT_setup_engine.bl_idname, icon="CONSOLE")
+    row.label(text=f"Installs torch and the engine (several GB) into {_setup_target()}")
+    setup_ops.draw_status(box, "setup")
+
+
+def _draw_weights(p, layout) -> None:
+    from . import setup_ops, weights_ops
+
+    box = layout.box()
+    row = box.row(align=True)
+    row.prop(p, "weights_model", text="")
+    row.operator(weights_ops.LIPSYNC_OT_download_weights.bl_idname, icon="IMPORT")
+    if not weights_ops.online_access():
+        box.label(text="Online access is off: allow it in Preferences > System > Network, or download "
+                       "the weights by hand and set Checkpoint", icon="ERROR")
+    box.label(text=weights_ops.LICENCE_NOTE, icon="INFO")
+    setup_ops.draw_status(box, "weights")
+
+
+def _setup_target() -> str:
+    path = _user_dir_if_any()
+    return str(path / "venv") if path is not None else "the extension's user folder"
 
 
 classes = (LIPSYNC_OT_check_python, LipsyncPreferences)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import compat, jobs, snapshot
+from . import compat, jobs, prefs, snapshot
 
 
 class LIPSYNC_PT_panel(bpy.types.Panel):
@@ -19,6 +19,7 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
         if scene is None:
             return
         st = scene.lipsync
+        _draw_setup_hint(layout, context)
         se = scene.sequence_editor
         if se is None:
             layout.label(text="Add a movie and the new audio first", icon="INFO")
@@ -55,6 +56,17 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
             box.operator("lipsync.cancel", icon="CANCEL")
         elif st.message:
             layout.label(text=st.message)
+
+
+def _draw_setup_hint(layout, context) -> None:
+    """Point a first-time user at the preferences' Set up Engine / Download Weights buttons."""
+    p = prefs.get(context)
+    if p is None:
+        return
+    if not prefs.engine_python(p):
+        layout.label(text="No engine yet: Preferences > Add-ons > Lip Sync > Set up Engine", icon="ERROR")
+    elif not p.checkpoint_path.strip():
+        layout.label(text="No weights yet: Preferences > Add-ons > Lip Sync > Download Weights", icon="ERROR")
 
 
 classes = (LIPSYNC_PT_panel,)

@@ -2,7 +2,13 @@
 
 Standard library only: `build.py setup` runs it with any Python 3.11, and the Blender extension's
 "Set up engine" button runs it with Blender's Python to make a venv under the extension's user folder.
-`python -m lipsync_core.setup_env VENV_DIR [--dev]` prints one JSON line per step when given --json.
+`python -m lipsync_core.setup_env VENV_DIR [--dev]` prints one JSON line per step when given --json:
+`{"event": "log", "message"}` lines, then exactly one `{"event": "result", "python"}` or
+`{"event": "error", "message"}` (exit code 1).
+
+LIPSYNC_SETUP_REQUIREMENTS (whitespace-separated pip requirements; may be empty) replaces the package list of
+`python -m lipsync_core.setup_env`, e.g. for tests that must run offline and quickly, or to install a local
+torch wheel. An empty value makes a venv with pip only.
 """
 
 from __future__ import annotations
@@ -31,6 +37,16 @@ RUNTIME = [
     "tqdm",
 ]
 DEV = ["pytest", "bpy==5.0.1", "ruff", "scikit-image"]
+REQUIREMENTS_ENV = "LIPSYNC_SETUP_REQUIREMENTS"
+
+
+def requirements(dev: bool = False) -> list[str]:
+    """What `python -m lipsync_core.setup_env` installs: $LIPSYNC_SETUP_REQUIREMENTS when set, else RUNTIME
+    (+ DEV)."""
+    override = os.environ.get(REQUIREMENTS_ENV)
+    if override is not None:
+        return override.split()
+    return RUNTIME + (DEV if dev else [])
 
 
 def venv_python(venv_dir: Path) -> Path:
@@ -56,6 +72,9 @@ def ensure_venv(venv_dir: Path, reqs: list[str], log=print, python: str | None =
             subprocess.check_call([python, "-m", "venv", str(venv_dir)])
         else:
             venv.EnvBuilder(with_pip=True).create(venv_dir)
+    if not reqs:  # a venv with pip only (LIPSYNC_SETUP_REQUIREMENTS="")
+        stamp.write_text(want)
+        return py
     log("installing: " + " ".join(reqs))
     proc = subprocess.Popen([str(py), "-m", "pip", "install", "--disable-pip-version-check",
                              "--progress-bar", "off", *reqs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -65,8 +84,8 @@ def ensure_venv(venv_dir: Path, reqs: list[str], log=print, python: str | None =
         line = line.rstrip()
         if line:
             tail = (tail + [line])[-20:]
-            if line.startswith(("Collecting", "Installing", "Successfully", "ERROR")):
-                log(line)
+            if line.lstrip().startswith(("Collecting", "Downloading", "Installing", "Successfully", "ERROR")):
+                log(line.strip())
     if proc.wait() != 0:
         raise RuntimeError("pip failed:\n" + "\n".join(tail))
     stamp.write_text(want)
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     emit = (lambda m: print(json.dumps({"event": "log", "message": m}), flush=True)) if args.json else print
     try:
-        py = ensure_venv(Path(args.venv_dir), RUNTIME + (DEV if args.dev else []), log=emit)
+        py = ensure_venv(Path(args.venv_dir), requirements(args.dev), log=emit)
     except Exception as exc:  # pip's own message is the useful part
         if args.json:
             print(json.dumps({"event": "error", "message": str(exc)}), flush=True)

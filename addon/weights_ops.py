@@ -1,0 +1,174 @@
+"""Download weights from Blender ("Download weights" in the preferences).
+
+Runs `<engine python> -m lipsync_core weights download NAME --dest <extension user folder>/checkpoints`, the
+same command as the CLI: it resumes a partial file, verifies it (size/sha256 where recorded, always the tensor
+structure, which needs torch: hence the engine Python) and only then moves it into place. Progress is the size
+of its growing `<file>.part` against the recorded size; the command prints `NAME: PATH` when done.
+
+Blender's "Allow Online Access" (Preferences > System > Network, `bpy.app.online_access`) is respected: with it
+off the operator refuses and says how to get the weights by hand. `online_access()` is a module function so that
+tests can stand in for the read-only `bpy.app.online_access` (which is False in bpy's module mode).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import engine, prefs
+from .setup_ops import HelperOperator, HelperProcess, Refused
+
+# The generator checkpoints the engine knows (lipsync_core.weights.KNOWN); s3fd is the detector, not offered here.
+GENERATORS = (
+    ("wav2lip_gan", "Wav2Lip GAN", "Sharper mouth, slightly weaker sync: the usual choice (~436 MB)"),
+    ("wav2lip", "Wav2Lip", "Most accurate sync, slightly blurrier mouth (~436 MB)"),
+)
+LICENCE_NOTE = "Wav2Lip weights: personal / research / non-commercial use only (see the licence)."
+INFO_CODE = (
+    "import json, sys; from lipsync_core.weights import get; e = get(sys.argv[1]); "
+    "print(json.dumps({'filename': e.filename, 'size': e.size, 'licence_short': e.licence_short, "
+    "'licence': e.licence}))"
+)
+
+
+def online_access() -> bool:
+    """Blender's "Allow Online Access" preference (read-only in Python; tests replace this function)."""
+    return bool(getattr(bpy.app, "online_access", True))
+
+
+def offline_message(name: str) -> str:
+    return (f"Online access is off in Blender: allow it in Preferences > System > Network > Allow Online Access, "
+            f"or download the weights yourself (`python -m lipsync_core weights download {name}` in a checkout, "
+            "or from a mirror listed in checkpoints/README.md) and set Checkpoint to the .pth file.")
+
+
+def default_dir() -> Path:
+    """<extension user folder>/checkpoints."""
+    return Path(prefs.user_dir()) / "checkpoints"
+
+
+def entry_info(python: str, name: str) -> dict:
+    """File name, recorded size and licence of checkpoint `name`, asked from the bundled registry (no torch)."""
+    core = engine.core_dir()
+    try:
+        proc = subprocess.run([python, "-c", INFO_CODE, name], capture_output=True, text=True, timeout=60,
+                              env=engine.subprocess_env(), cwd=str(core) if core else None,
+                              stdin=subprocess.DEVNULL, check=False)
+        info = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        info = {}
+    info.setdefault("filename", f"{name}.pth")
+    info.setdefault("size", None)
+    info.setdefault("licence_short", "non-commercial (Wav2Lip)")
+    return info
+
+
+def mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.0f} MB"
+
+
+class DownloadProcess(HelperProcess):
+    kind = "weights"
+    title = "Weights download"
+
+    def __init__(self, python: str, name: str, dest: Path, info: dict) -> None:
+        core = engine.core_dir()
+        if core is None:
+            raise Refused("lipsync_core is missing from the extension; reinstall the Lip Sync extension.")
+        self.name = name
+        self.dest = Path(dest)
+        self.info = info
+        self.final = self.dest / info["filename"]
+        self.part = self.final.with_name(self.final.name + ".part")
+        super().__init__([python, "-m", "lipsync_core", "weights", "download", name, "--dest", str(self.dest)],
+                         engine.subprocess_env(), str(core))
+        self.total = info.get("size")
+        self.stage = f"connecting for {self.final.name}"
+
+    def on_line(self, line: str) -> None:
+        print(f"lipsync weights: {line}")
+
+    def poll(self) -> None:
+        try:
+            size = self.part.stat().st_size
+        except OSError:
+            return
+        self.done = size
+        of = f" of {mb(self.total)}" if self.total else ""
+        self.stage = f"downloading {self.final.name}: {mb(size)}{of}"
+
+    def finish(self, rc: int, extra: dict) -> dict:
+        lines = list(self.lines)
+        if rc == 0:
+            prefix = f"{self.name}: "
+            paths = [ln[len(prefix):].strip() for ln in lines if ln.startswith(prefix)]
+            path = Path(paths[-1]) if paths else self.final
+            if not path.is_file():
+                return {"status": "error", "message": f"The download reported success but {path} is missing."}
+            return {"status": "done", "path": str(path),
+                    "message": f"{path.name} downloaded and verified; Checkpoint set to {path}. Licence: "
+                               f"{self.info.get('licence_short')}."}
+        errors = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+        detail = "\n".join(lines[errors[-1]:]) if errors else self.tail()
+        detail = detail.removeprefix("error: ")
+        return {"status": "error", "message": f"Weights download failed: {detail}"}
+
+
+class LIPSYNC_OT_download_weights(HelperOperator, bpy.types.Operator):
+    """Download Wav2Lip generator weights into the extension's user folder (verified before use) and set the
+    Checkpoint preference to them. Needs Blender's online access and the engine (Set up Engine)"""
+
+    bl_idname = "lipsync.download_weights"
+    bl_label = "Download Weights"
+    bl_options = {"REGISTER"}
+    kind = "weights"
+
+    model: EnumProperty(
+        name="Model",
+        items=[("PREFERENCES", "As in Preferences", "The model chosen in the preferences")] + list(GENERATORS),
+        default="PREFERENCES", options={"SKIP_SAVE"},
+    )
+    directory: StringProperty(
+        name="Folder", description="Where to save; empty: 'checkpoints' in the extension's user folder",
+        subtype="DIR_PATH", options={"SKIP_SAVE", "HIDDEN"},
+    )
+
+    def make(self, context) -> HelperProcess:
+        p = prefs.get(context)
+        name = self.model
+        if name == "PREFERENCES":
+            name = p.weights_model if p is not None else GENERATORS[0][0]
+        if not online_access():
+            raise Refused(offline_message(name))
+        python = prefs.engine_python(p)
+        if not python or not Path(python).is_file():
+            raise Refused("No engine Python yet: press Set up Engine first (the download is checked with torch), "
+                          "or set Python to one with torch.")
+        dest = Path(bpy.path.abspath(self.directory)) if self.directory.strip() else default_dir()
+        info = entry_info(python, name)
+        print(f"lipsync: downloading {info['filename']} ({mb(info.get('size'))}) into {dest}")
+        print(f"lipsync: licence: {info.get('licence') or info['licence_short']}")
+        return DownloadProcess(python, name, dest, info)
+
+    def apply(self, context, task: HelperProcess, outcome: dict) -> None:
+        p = prefs.get(context)
+        if p is None:
+            raise RuntimeError("the Lip Sync preferences are not available")
+        p.checkpoint_path = outcome["path"]
+
+
+classes = (LIPSYNC_OT_download_weights,)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
