@@ -84,7 +84,8 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     detector = get_detector(opts.detector, device=_detector_device(opts.device), log=progress.log)
     with FrameReader(video, size=(width, height), info=info) as frames:
         track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every, select=opts.face,
-                            original_size=(info.width, info.height), total=info.frames, progress=progress, cancel=cancel)
+                            original_size=(info.width, info.height), total=info.frames, progress=progress,
+                            cancel=cancel)
     if clock is not None:
         clock.add("detect", t0)
     if opts.cache:
@@ -140,9 +141,9 @@ class Engine:
     """Loaded model + generator + compositor, reused for every clip of a job."""
 
     def __init__(self, checkpoint: str, opts: SyncOptions, progress: Progress | None = None):
-        from .composite import Compositor
         import torch
 
+        from .composite import Compositor
         from .device import cpu_has_native_bf16, pick_device, pick_dtype
         from .inference import FaceGenerator, default_batch_size
         from .model import load_model
@@ -192,7 +193,7 @@ class Engine:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
-        from .video import FrameReader, VideoEncoder
+        from .video import VideoEncoder
 
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
@@ -313,9 +314,10 @@ def plan_boxes(video: str, info, opts: SyncOptions, face_segments: list[Segment]
         part = every[seg.start_frame : seg.end_frame]
         found = part[:, 0] >= 0
         if not found.any():
-            raise LipsyncError(f"no face was found in {seg.start_frame / info.fps:.2f}-{seg.end_frame / info.fps:.2f} s "
-                               "(frames {}-{}): mark that range as no-face, or give the face box with --box".format(
-                                   seg.start_frame, seg.end_frame))
+            raise LipsyncError(
+                f"no face was found in {seg.start_frame / info.fps:.2f}-{seg.end_frame / info.fps:.2f} s "
+                f"(frames {seg.start_frame}-{seg.end_frame}): mark that range as no-face, give the face box with "
+                "--box, or try --detector sfd / a larger --detect-width")
         if not found.all():
             progress.log(f"{int((~found).sum())} frames in {seg.start_frame}-{seg.end_frame} have no face and keep "
                          "their picture")
