@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--detect-every", type=int, default=d.detect_every, metavar="N",
                         help="run the detector on every N-th frame and track in between (default %(default)s; "
                              "1 = every frame)")
+        sp.add_argument("--detect-max-every", type=int, default=None, metavar="N",
+                        help="let the keyframe gap widen up to N frames while tracking holds (default: 5 for "
+                             "opencv, 25 for sfd on CPU)")
         sp.add_argument("--detect-width", type=int, default=d.detect_width, metavar="PX",
                         help="detect on frames downscaled to this width (default %(default)s)")
         sp.add_argument("--min-segment", type=float, default=d.min_segment_seconds, metavar="SECONDS",
@@ -79,6 +82,7 @@ def options_from_args(args):
     from .sync import SyncOptions
 
     o = SyncOptions(detector=args.detector, face=args.face, detect_every=max(1, args.detect_every),
+                    detect_max_every=args.detect_max_every,
                     detect_width=args.detect_width, min_segment_seconds=args.min_segment,
                     cache=not args.no_cache, device=args.device)
     if args.command == "sync":

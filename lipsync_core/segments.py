@@ -183,7 +183,7 @@ def parse_ranges(text: str, fps: float, n_frames: int) -> list[Segment]:
         spans.append((a, b, s, e, label))
     spans.sort(key=lambda x: (x[0], x[1]))
     merged: list[list[int]] = []
-    for i, (a, b, s, e, label) in enumerate(spans):
+    for i, (a, _b, s, e, label) in enumerate(spans):
         if i and a < spans[i - 1][1]:
             raise LipsyncError(f"The face ranges {spans[i - 1][4]!r} and {label!r} overlap: "
                                "give each part of the clip once.")

@@ -38,6 +38,7 @@ class SyncOptions:
     match: str = "video"  # video: keep every frame; audio: cut/loop the video to the audio (reference)
     detect_width: int = 480  # analysis pass decodes at most this wide
     detect_every: int = 5  # detector on every n-th frame, tracked in between (exact at face/no-face changes)
+    detect_max_every: int | None = None  # widest keyframe gap while tracking holds (None: per detector)
     min_segment_seconds: float = 0.5
     max_gap_seconds: float = 0.4  # a face lost for up to this long inside a face run is bridged
     cache: bool = True
@@ -74,7 +75,7 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     height = max(2, int(round(info.height * width / info.width / 2)) * 2)
     scale = width / info.width
     settings = {"detector": opts.detector, "width": width, "every": opts.detect_every, "face": opts.face,
-                "version": 1}
+                "max_every": opts.detect_max_every, "version": cache.CACHE_VERSION}
     if opts.cache:
         track = cache.load_track(video, settings)
         if track is not None and len(track.boxes) == info.frames:
@@ -83,7 +84,8 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     t0 = time.perf_counter()
     detector = get_detector(opts.detector, device=_detector_device(opts.device), log=progress.log)
     with FrameReader(video, size=(width, height), info=info) as frames:
-        track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every, select=opts.face,
+        track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every,
+                            max_every=opts.detect_max_every, select=opts.face,
                             original_size=(info.width, info.height), total=info.frames, progress=progress,
                             cancel=cancel)
     if clock is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import cv2
@@ -26,7 +25,6 @@ from lipsync_core.faces.track import (
     track_faces,
 )
 from lipsync_core.progress import CancelToken, Progress
-from lipsync_core.tools import ffmpeg_exe
 
 # the astronaut's face in skimage's 512x512 photo, drawn by hand: forehead to chin, cheek to cheek
 ASTRONAUT_FACE = np.array([175, 70, 275, 178], np.float64)
@@ -44,31 +42,87 @@ def haar():
 
 
 class Precomputed:
-    """Wraps a detector: runs it once per frame object and counts the frames it was asked about."""
+    """Wraps a detector: runs it once per frame object and counts the frames it was asked about.
+
+    Whole-frame calls are `calls`; `detect_near` (passed through when the detector has it) counts `near_calls`.
+    """
 
     def __init__(self, detector):
-        self.detector, self.memo, self.calls = detector, {}, 0
+        self.detector, self.memo, self.calls, self.near_calls = detector, {}, 0, 0
+        if hasattr(detector, "detect_near"):
+            self.detect_near = self._near
 
     def detect(self, frames):
         self.calls += len(frames)
         todo = [f for f in frames if id(f) not in self.memo]
         for f, d in zip(todo, self.detector.detect(todo) if todo else []):
-            self.memo[id(f)] = d
-        return [self.memo[id(f)] for f in frames]
+            self.memo[id(f)] = (f, d)  # holding f keeps its id from being reused by another array
+        return [self.memo[id(f)][1] for f in frames]
+
+    def _near(self, frames, boxes):
+        self.near_calls += len(frames)
+        return self.detector.detect_near(frames, boxes)
 
 
 class Scripted:
     """A detector that answers from a list of per-frame detections (frames carry their index in pixel 0)."""
 
     def __init__(self, dets):
-        self.dets = dets
+        self.dets, self.calls = dets, 0
 
     def detect(self, frames):
+        self.calls += len(frames)
         return [np.asarray(self.dets[int(f[0, 0, 0])], np.float32).reshape(-1, 5) for f in frames]
 
 
-def indexed_frames(n, w=64, h=48):
+class ScriptedNear(Scripted):
+    """... that can also search near a box, like a cropping detector: faces of about its size and place."""
+
+    near_calls = 0
+
+    def detect_near(self, frames, boxes):
+        self.near_calls += len(frames)
+        out = []
+        for f, b in zip(frames, boxes):
+            d = np.asarray(self.dets[int(f[0, 0, 0])], np.float32).reshape(-1, 5)
+            side = np.sqrt((b[2] - b[0]) * (b[3] - b[1]))
+            ds = np.sqrt((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]))
+            dc = np.hypot((d[:, 0] + d[:, 2] - b[0] - b[2]) / 2, (d[:, 1] + d[:, 3] - b[1] - b[3]) / 2)
+            out.append(d[(dc <= side) & (ds >= 0.6 * side) & (ds <= 1.6 * side)])
+        return out
+
+
+class ScanCount:
+    """Stands in for OpenCV's cascade: counts the pixels detectMultiScale scans, i.e. its image pyramid.
+
+    OpenCV's loop: window 24 * 1.1^i px; scales below minSize are skipped, it stops past maxSize (default: the
+    image); each scale scans the image shrunk by that factor."""
+
+    def __init__(self, cascade):
+        self.cascade, self.per_call = cascade, []
+
+    @property
+    def pixels(self):
+        return sum(self.per_call)
+
+    def detectMultiScale2(self, img, scaleFactor, minNeighbors, minSize, maxSize=None):
+        h, w = img.shape[:2]
+        top = min(maxSize[0] if maxSize else w, w, h)
+        f, px = 1.0, 0
+        while round(24 * f) <= top:
+            if round(24 * f) >= minSize[0]:
+                px += round(w / f) * round(h / f)
+            f *= scaleFactor
+        self.per_call.append(px)
+        return self.cascade.detectMultiScale2(img, scaleFactor=scaleFactor, minNeighbors=minNeighbors,
+                                              minSize=minSize, maxSize=maxSize)
+
+
+def indexed_frames(n, w=64, h=48, texture=False):
+    """Frames that carry their index in pixel 0; `texture`: one still picture (optical flow sees no motion)."""
     frames = np.zeros((n, h, w, 3), np.uint8)
+    if texture:
+        frames[:] = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (h, w, 3), np.uint8), (5, 5), 0)
     frames[:, 0, 0, 0] = np.arange(n)
     return list(frames)
 
@@ -249,23 +303,53 @@ def test_sfd_decoding_matches_face_alignment(random_s3fd):
 
 def test_follows_the_largest_of_two_faces(haar):
     for big_right in (True, False):
-        frames, det = two_faces(10, big_right), Precomputed(haar)
-        track = track_faces(frames, det)
-        assert track.has_face.all()
-        cx = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
-        assert ((cx > 240) if big_right else (cx < 240)).all(), cx  # never the small face, not even once
-        left = track_faces(frames, det, select="left")
-        assert ((left.boxes[:, 0] + left.boxes[:, 2]) / 2 < 240).all()
+        frames, det = two_faces(12, big_right), Precomputed(haar)
+        for k in (1, 5):  # every frame, and keyframes searched near the followed face
+            track = track_faces(frames, det, detect_every=k)
+            assert track.has_face.all()
+            cx = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+            assert ((cx > 240) if big_right else (cx < 240)).all(), cx  # never the small face, not even once
+            left = track_faces(frames, det, select="left", detect_every=k)
+            assert ((left.boxes[:, 0] + left.boxes[:, 2]) / 2 < 240).all()
+        assert det.near_calls > 0
 
 
 def test_missed_detection_does_not_switch_faces():
     a, b = [100, 10, 140, 50, 0.9], [10, 10, 30, 30, 0.99]  # our (largest) face, the other person
     dets = [[a, b]] * 5 + [[b]] + [[a, b]] * 4 + [[]] * 3 + [[[200, 10, 240, 50, 0.9]]] * 2
-    track = track_faces(indexed_frames(len(dets)), Scripted(dets))
+    frames = indexed_frames(len(dets))
+    track = track_faces(frames, Scripted(dets))
     assert np.isnan(track.boxes[5]).all()  # our face missed: no face, not the other one
     np.testing.assert_array_equal(track.boxes[[0, 4, 6, 9], 0], 100)
     assert not track.has_face[10:13].any()
     np.testing.assert_array_equal(track.boxes[13:, 0], 200)  # a face after a gap is taken
+    for k in (2, 3, 5):  # sparse keyframes may not see the miss at all, but never take the other face
+        sparse = track_faces(frames, ScriptedNear(dets), detect_every=k)
+        assert set(sparse.boxes[sparse.has_face, 0]) <= {100, 200}
+        np.testing.assert_array_equal(sparse.has_face[10:], track.has_face[10:])
+    # Keyframes searched only near our face (never seeing the other person): when our face is missed on a
+    # keyframe, the whole frame and the one before are looked at, so the other person is known and ignored.
+    dets = [[a, b]] * 5 + [[b]] + [[a, b]] * 9 + [[]] * 3 + [[[200, 10, 240, 50, 0.9]]] * 2
+    frames = indexed_frames(len(dets))
+    track = track_faces(frames, Scripted(dets))
+    assert np.isnan(track.boxes[5]).all() and (track.boxes[:15][track.has_face[:15], 0] == 100).all()
+    for k, top in ((5, 5), (5, 25)):
+        sparse = track_faces(frames, ScriptedNear(dets), detect_every=k, max_every=top)
+        np.testing.assert_array_equal(sparse.boxes, track.boxes)
+
+
+def test_sparse_boundaries_exact_with_wide_gaps():
+    """Gaps widen to 25 frames while the face stays put; appearances and cuts are still found to the frame."""
+    a, b = [20, 10, 40, 34, 0.9], [30, 12, 52, 38, 0.8]
+    truth = [[a]] * 37 + [[]] * 24 + [[b]] * 31 + [[a]] * 40 + [[]] * 30 + [[a]] * 20  # a cut at 92
+    frames = indexed_frames(len(truth), texture=True)
+    every = track_faces(frames, Scripted(truth))
+    for k in (1, 5):
+        det = ScriptedNear(truth)
+        sparse = track_faces(iter(frames), det, detect_every=max(k, 2), max_every=25)
+        np.testing.assert_array_equal(sparse.boxes, every.boxes)
+        np.testing.assert_array_equal(sparse.has_face, [len(t) > 0 for t in truth])
+        assert det.calls + det.near_calls < len(frames) / 3, (det.calls, det.near_calls)
 
 
 def test_scale_maps_back_and_progress_and_cancel():
@@ -282,16 +366,18 @@ def test_scale_maps_back_and_progress_and_cancel():
         def finish(self, stage):
             calls.append(("finish", stage))
 
-    track = track_faces(iter(indexed_frames(7, 64, 36)), Scripted(dets), scale=0.25, batch_size=2, total=7,
-                        progress=Rec())
-    assert (track.width, track.height) == (256, 144)
-    np.testing.assert_allclose(track.boxes, [[40, 80, 120, 176]] * 7)
-    assert calls[0] == ("start", "detect", 7) and calls[-1] == ("finish", "detect")
-    assert sum(c[2] for c in calls if c[0] == "advance") == 7
-    token = CancelToken()
-    token.cancel()
-    with pytest.raises(Cancelled):
-        track_faces(indexed_frames(7), Scripted(dets), cancel=token)
+    for k in (1, 3):
+        calls.clear()
+        track = track_faces(iter(indexed_frames(7, 64, 36)), Scripted(dets), scale=0.25, batch_size=2, total=7,
+                            progress=Rec(), detect_every=k)
+        assert (track.width, track.height) == (256, 144)
+        np.testing.assert_allclose(track.boxes, [[40, 80, 120, 176]] * 7)
+        assert calls[0] == ("start", "detect", 7) and calls[-1] == ("finish", "detect")
+        assert sum(c[2] for c in calls if c[0] == "advance") == 7
+        token = CancelToken()
+        token.cancel()
+        with pytest.raises(Cancelled):
+            track_faces(indexed_frames(7), Scripted(dets), cancel=token, detect_every=k)
 
 
 def test_detect_every_5_matches_every_frame(haar):
@@ -300,9 +386,93 @@ def test_detect_every_5_matches_every_frame(haar):
     every = track_faces(frames, det)
     det.calls = 0
     sparse = track_faces(frames, det, detect_every=5)
-    assert det.calls <= 12
+    assert det.calls <= 2 and det.near_calls <= 10  # the first frame whole, then near the face
     assert every.has_face.all() and sparse.has_face.all()
     assert iou_rows(every.boxes, sparse.boxes).min() >= 0.9
+    assert iou_rows(face_boxes(every).astype(float), face_boxes(sparse).astype(float)).min() >= 0.9
+
+
+def test_opencv_near_search_gives_the_whole_frame_box(haar):
+    """Scanning only window sizes near the face's size finds the same box a whole-frame scan finds."""
+    frames = list(media.astronaut_frames(12, 480, 360)) + [astronaut_bgr()]
+    for f in frames:
+        whole = haar.detect([f])[0]
+        assert len(whole) >= 1
+        box = whole[0, :4] + np.array([6, -4, 6, -4], np.float32)  # a prediction a little off
+        near = haar.detect_near([f], [box])[0]
+        np.testing.assert_array_equal(near[0], whole[0])
+    # nothing of that size there: nothing found (the tracker then looks at the whole frame)
+    assert len(haar.detect_near([media.noface_frames(1)[0]], [np.array([100, 60, 200, 160])])[0]) == 0
+
+
+def test_fast_path_scans_far_fewer_pixels(monkeypatch):
+    """Counts the pixels the Haar cascade scans (its image pyramid) instead of timing anything."""
+    frames = list(media.astronaut_frames(50, 480, 270))  # 480 px: the analysis pass's default width
+    scans, tracks = {}, {}
+    for name, kw in {"every": {}, "every 5th, whole frames": {"detect_every": 5}, "fast": {"detect_every": 5}}.items():
+        det = OpenCVDetector()
+        det._cascade = scans[name] = ScanCount(det._cascade)
+        if name != "fast":  # the earlier tracker: whole frames only (a detector without detect_near)
+            det = Precomputed(det)
+            del det.detect_near
+        tracks[name] = track_faces(frames, det, **kw)
+    whole = scans["every"].per_call[0]
+    fast = scans["fast"].per_call
+    assert fast[0] == whole and len(fast) == 11  # the first frame whole, then 10 keyframes near the face
+    assert max(fast[1:]) * 10 <= whole, (max(fast[1:]), whole)
+    assert scans["fast"].pixels * 5 <= scans["every 5th, whole frames"].pixels
+    assert scans["fast"].pixels * 25 <= scans["every"].pixels
+    assert iou_rows(tracks["fast"].boxes, tracks["every"].boxes).min() >= 0.9
+
+
+def textured_square_frames(n: int, w: int = 480, h: int = 270) -> tuple[list[np.ndarray], np.ndarray]:
+    """A bright textured 'face' square drifting on a dark noisy background; its true boxes."""
+    rng = np.random.default_rng(5)
+    tex = cv2.GaussianBlur(rng.integers(140, 256, (90, 90), np.uint8), (3, 3), 0)
+    frames, boxes = [], []
+    for i in range(n):
+        f = rng.integers(0, 40, (h, w), np.uint8)
+        x, y = int(180 + 40 * np.sin(i / 9)), int(80 + 15 * np.cos(i / 7))
+        f[y:y + 90, x:x + 90] = tex
+        frames.append(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+        boxes.append([x, y, x + 90, y + 90])
+    return frames, np.array(boxes, np.float64)
+
+
+def test_sfd_searches_small_crops_near_the_face(random_s3fd):
+    """S3FD's fast path: the net sees small crops (counted in pixels), and boxes map back to the frame.
+
+    Random weights find no faces, so the net's output is replaced by a stand-in that finds the bright square
+    in whatever image it is given (a whole frame or a shrunk crop)."""
+    det = get_detector("sfd", weights_path=random_s3fd)
+    assert det.max_every == SFDDetector.CPU_MAX_EVERY  # on the CPU the keyframes may spread
+    seen = []
+
+    def stand_in(batch):
+        seen.extend(b.shape[:2] for b in batch)
+        out = []
+        for b in batch:
+            ys, xs = np.nonzero(b[..., 0] > 130)  # the square, not the padding (S3FD's mean, 104)
+            out.append(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.99]], np.float32))
+        return out
+
+    det._run = stand_in
+    frames, truth = textured_square_frames(100)
+    track = track_faces(frames, det, detect_every=5)
+    assert iou_rows(track.boxes, truth).min() >= 0.9
+    whole = [s for s in seen if s == (270, 480)]
+    crops = [s for s in seen if s != (270, 480)]
+    assert len(whole) == 1 and 0 < len(crops) <= 15, (len(whole), len(crops))
+    # a crop is 2x the face, shrunk so the face is ~64 px: 128 px a side, an eighth of the frame's pixels
+    assert max(h * w for h, w in crops) <= 130 * 130
+    assert sum(h * w for h, w in seen) * 8 <= 100 / 5 * 270 * 480  # vs the whole frame every 5th frame
+    # a small face is searched at its own size in a crop padded to the net's smallest input, boxes in place
+    f = np.zeros((270, 480, 3), np.uint8)
+    f[100:120, 300:320] = 200
+    seen.clear()
+    near = det.detect_near([f], [np.array([302, 98, 322, 118], np.float32)])[0]
+    assert seen == [(64, 64)]
+    np.testing.assert_allclose(near[0, :4], [300, 100, 320, 120])
 
 
 def test_detect_every_keeps_face_boundaries_exact(haar):
@@ -313,31 +483,43 @@ def test_detect_every_keeps_face_boundaries_exact(haar):
     every = track_faces(frames, det)
     truth = np.r_[np.ones(23, bool), np.zeros(17, bool), np.ones(21, bool)]
     np.testing.assert_array_equal(every.has_face, truth)
-    for k in (3, 5, 7):
-        det.calls = 0
-        sparse = track_faces(frames, det, detect_every=k, batch_size=3)
+    for k, top in ((3, None), (5, None), (7, None), (5, 25)):
+        det.calls = det.near_calls = 0
+        sparse = track_faces(frames, det, detect_every=k, max_every=top, batch_size=3)
         np.testing.assert_array_equal(sparse.has_face, truth)
-        assert det.calls < len(frames)
+        assert det.calls + det.near_calls < len(frames) / 2
         assert iou_rows(every.boxes[truth], sparse.boxes[truth]).min() >= 0.9
 
 
-def test_talking_head_detect_every_5(shared_media, haar):
-    """Real footage, 320 px wide: every 5th frame detected, the rest interpolated, IoU >= 0.9 everywhere.
+def analysis_frames(path, width: int = 480):
+    """The clip decoded as the analysis pass decodes it (sync.analyze_faces), and the scale."""
+    from lipsync_core.video import FrameReader, probe
 
-    The first 3 s (75 frames) keep the test quick; the whole 5 s clip gives min IoU 0.93 too."""
-    w, h = 320, 320  # talking_head_a is 844x844
-    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(shared_media / "talking_head_a.mp4"),
-                          "-frames:v", "75", "-vf", f"scale={w}:{h}:flags=area", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                         capture_output=True, check=True).stdout
-    frames = list(np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3))
+    info = probe(path)
+    w = min(width, info.width)
+    w -= w % 2
+    h = max(2, int(round(info.height * w / info.width / 2)) * 2)
+    with FrameReader(path, size=(w, h), info=info) as reader:
+        return list(reader), w / info.width, (info.width, info.height)
+
+
+@pytest.mark.parametrize("clip", ["talking_head_a.mp4", "talking_head_b.mp4"])
+def test_talking_head_sparse_matches_every_frame(shared_media, haar, clip):
+    """Real footage, whole 5 s, decoded at 480 px like the analysis pass: keyframes every 5th frame searched
+    near the face, optical flow between; vs the detector on every whole frame: IoU >= 0.9 on every frame,
+    for the raw boxes and for the smoothed, padded crop boxes the pipeline uses."""
+    frames, scale, size = analysis_frames(shared_media / clip)
     det = Precomputed(haar)
-    every = track_faces(frames, det, scale=w / 844)
+    every = track_faces(frames, det, scale=scale, original_size=size)
     det.calls = 0
-    sparse = track_faces(frames, det, scale=w / 844, detect_every=5)
+    sparse = track_faces(frames, det, scale=scale, original_size=size, detect_every=5)
     assert every.has_face.all() and sparse.has_face.all()
-    assert (every.width, every.height) == (844, 844)
-    assert det.calls <= len(frames) // 5 + 10
-    assert iou_rows(every.boxes, sparse.boxes).min() >= 0.9
+    assert (every.width, every.height) == size
+    assert det.calls <= 2 and det.near_calls <= len(frames) // 5 + 5
+    raw = iou_rows(every.boxes, sparse.boxes)
+    smoothed = iou_rows(face_boxes(every).astype(float), face_boxes(sparse).astype(float))
+    assert raw.min() >= 0.9 and raw.mean() >= 0.96, (raw.min(), raw.mean())
+    assert smoothed.min() >= 0.9 and smoothed.mean() >= 0.97, (smoothed.min(), smoothed.mean())
 
 
 # ----------------------------------------------------------------------------------------------- crop boxes

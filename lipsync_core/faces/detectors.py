@@ -2,6 +2,8 @@
 
 `Detector.detect(frames)` takes BGR uint8 frames and returns, per frame, a float32 (K, 5) array of
 `[x1, y1, x2, y2, score]` in that frame's pixels, best score first, clipped to the frame; (0, 5) when no face.
+`detect_near(frames, boxes)` (optional, same output) looks only for a face about the size and place of a box
+(a face already followed): the tracker uses it between whole-frame detections because it is far cheaper.
 
 Backends (registry `DETECTORS`):
 - `sfd`: S3FD, the detector Wav2Lip's training data was cropped with (face-alignment's network class).
@@ -79,9 +81,16 @@ def _finish(dets: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class Detector:
-    """Interface: `detect(frames) -> list of (K, 5) float32`, one per frame, in that frame's pixels."""
+    """Interface: `detect(frames) -> list of (K, 5) float32`, one per frame, in that frame's pixels.
+
+    A backend may add `detect_near(frames, boxes)`: the faces a whole-frame `detect` would report at about
+    the size and place of `boxes[i]` (x1, y1, x2, y2 in frames[i]'s pixels), for far less work. It may miss
+    faces elsewhere; the tracker falls back to `detect` when it finds nothing there. `max_every`: the widest
+    keyframe gap worth using with this detector (None: keep the caller's `detect_every`).
+    """
 
     name = "base"
+    max_every: int | None = None
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -100,7 +109,8 @@ class OpenCVDetector(Detector):
     Wav2Lip was trained on, runs from the lower forehead to the chin. By default the box is moved down to
     approximate S3FD: top by `ADJUST_TOP` and bottom by `ADJUST_BOTTOM` of its height (judged by eye on three
     frontal faces, where the chin ends 5-15% of the box height below a Haar box; no S3FD weights were at hand
-    to fit it). `adjust=False` keeps the raw cascade box. Score: a monotonic map n/(n+10) of the cascade's neighbour count, not a probability.
+    to fit it). `adjust=False` keeps the raw cascade box. Score: a monotonic map n/(n+10) of the cascade's
+    neighbour count, not a probability.
     """
 
     name = "opencv"
@@ -126,29 +136,43 @@ class OpenCVDetector(Detector):
         self.min_size_frac = min_size_frac
         self.adjust = adjust
 
+    # detect_near scans only window sizes NEAR_SIZES x the box's side. The cascade's windows that vote for one
+    # face span about 0.7-1.4x its box, so these scales give the whole-frame result for that face (measured:
+    # identical boxes on 4 clips), while the many small scales that make a whole-frame scan slow are skipped.
+    NEAR_SIZES = (0.6, 1.6)
+
     def detect(self, frames):
-        cv2 = self._cv2
+        return [self._detect(f) for f in frames]
+
+    def detect_near(self, frames, boxes):
         out = []
-        for frame in frames:
-            h, w = frame.shape[:2]
-            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-            # faces smaller than ~1/16 of the frame are too small to lip-sync; skipping them saves most scales
-            m = max(24, int(min(h, w) * self.min_size_frac))
-            rects, neighbours = self._cascade.detectMultiScale2(
-                gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(m, m))
-            if len(rects) == 0:
-                out.append(_empty())
-                continue
-            r = np.asarray(rects, np.float32).reshape(-1, 4)
-            n = np.asarray(neighbours, np.float32).reshape(-1)
-            bh = r[:, 3]
-            dets = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3], n / (n + 10.0)], 1)
-            if self.adjust:
-                dets[:, 1] += self.ADJUST_TOP * bh
-                dets[:, 3] += self.ADJUST_BOTTOM * bh
-            dets = dets[nms(dets, 0.3, contain_threshold=0.8)]
-            out.append(_finish(dets, w, h))
+        for f, b in zip(frames, boxes):
+            side = float(np.sqrt(max((b[2] - b[0]) * (b[3] - b[1]), 1.0)))
+            out.append(self._detect(f, side * self.NEAR_SIZES[0], side * self.NEAR_SIZES[1]))
         return out
+
+    def _detect(self, frame, min_side: float = 0.0, max_side: float | None = None) -> np.ndarray:
+        cv2 = self._cv2
+        h, w = frame.shape[:2]
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        # faces smaller than ~1/16 of the frame are too small to lip-sync; skipping them saves most scales
+        m = max(24, int(min(h, w) * self.min_size_frac), int(min_side))
+        big = (int(np.ceil(max_side)),) * 2 if max_side is not None else None
+        if big is not None and big[0] < m:
+            return _empty()
+        rects, neighbours = self._cascade.detectMultiScale2(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(m, m), maxSize=big)
+        if len(rects) == 0:
+            return _empty()
+        r = np.asarray(rects, np.float32).reshape(-1, 4)
+        n = np.asarray(neighbours, np.float32).reshape(-1)
+        bh = r[:, 3]
+        dets = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3], n / (n + 10.0)], 1)
+        if self.adjust:
+            dets[:, 1] += self.ADJUST_TOP * bh
+            dets[:, 3] += self.ADJUST_BOTTOM * bh
+        dets = dets[nms(dets, 0.3, contain_threshold=0.8)]
+        return _finish(dets, w, h)
 
 
 # ----------------------------------------------------------------------------------------------- sfd
@@ -257,6 +281,14 @@ class SFDDetector(Detector):
     MEAN_BGR = (104.0, 117.0, 123.0)
     VARIANCES = (0.1, 0.2)
     MAX_CANDIDATES = 1000
+    # detect_near: a crop NEAR_CROP x the box's side, shrunk so the face is about NEAR_FACE px (S3FD's 64 px
+    # anchors fit it well): ~128x128 px, an eighth of a 480x270 frame, and the net's cost goes with pixels
+    NEAR_CROP = 2.0
+    NEAR_FACE = 64
+    MIN_INPUT = 64  # the net pools 5 times: smaller inputs are padded (with the mean: zeros to the net)
+    # on a CPU even a crop pass (~40 ms) costs as much as decoding ~20 frames: keyframes may spread to 1 s
+    # apart while optical flow predicts them well
+    CPU_MAX_EVERY = 25
 
     def __init__(self, device="cpu", weights_path=None, log: Log | None = None, allow_download: bool = False,
                  *, threshold: float = 0.5, nms_threshold: float = 0.3) -> None:
@@ -290,6 +322,45 @@ class SFDDetector(Detector):
         self._torch = torch
         self.net = net.to(self.device).eval()
         self._mean = torch.tensor(self.MEAN_BGR, device=self.device).view(1, 3, 1, 1)
+        self.max_every = self.CPU_MAX_EVERY if self.device == "cpu" else None
+
+    def detect_near(self, frames, boxes):
+        import cv2
+
+        crops, where = [], []
+        for f, b in zip(frames, boxes):
+            h, w = f.shape[:2]
+            side = float(np.sqrt(max((b[2] - b[0]) * (b[3] - b[1]), 1.0)))
+            half = side * self.NEAR_CROP / 2
+            cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+            x0, y0 = int(max(0, np.floor(cx - half))), int(max(0, np.floor(cy - half)))
+            x1, y1 = int(min(w, np.ceil(cx + half))), int(min(h, np.ceil(cy + half)))
+            if x1 - x0 < 8 or y1 - y0 < 8:  # the box lies outside the frame
+                crops.append(None)
+                where.append(None)
+                continue
+            z = min(1.0, self.NEAR_FACE / side)  # never enlarge: a small face is searched at its own size
+            crop = f[y0:y1, x0:x1]
+            if z < 1.0:
+                size = (max(8, round((x1 - x0) * z)), max(8, round((y1 - y0) * z)))
+                crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+            where.append((x0, y0, x1, y1, (x1 - x0) / crop.shape[1], (y1 - y0) / crop.shape[0]))
+            ph, pw = max(0, self.MIN_INPUT - crop.shape[0]), max(0, self.MIN_INPUT - crop.shape[1])
+            if ph or pw:  # right and bottom only: crop pixels keep their coordinates
+                crop = cv2.copyMakeBorder(crop, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=self.MEAN_BGR)
+            crops.append(np.ascontiguousarray(crop))
+        found = iter(self.detect([c for c in crops if c is not None]))
+        out = []
+        for c, wh in zip(crops, where):
+            if c is None:
+                out.append(_empty())
+                continue
+            d = next(found).copy()
+            x0, y0, x1, y1, sx, sy = wh
+            d[:, [0, 2]] = np.clip(d[:, [0, 2]] * sx + x0, x0, x1)  # the clip also drops the padding
+            d[:, [1, 3]] = np.clip(d[:, [1, 3]] * sy + y0, y0, y1)
+            out.append(_finish(d, x1, y1))
+        return out
 
     def detect(self, frames):
         out: list[np.ndarray | None] = [None] * len(frames)
@@ -330,11 +401,11 @@ class SFDDetector(Detector):
                     continue
                 stride = 2 ** (lvl + 2)
                 size = 4.0 * stride  # anchor side
-                l = loc[bi, :, yi, xi]  # (M, 4)
-                cx = stride / 2 + xi.float() * stride + l[:, 0] * v0 * size
-                cy = stride / 2 + yi.float() * stride + l[:, 1] * v0 * size
-                bw = size * torch.exp(l[:, 2] * v1)
-                bh = size * torch.exp(l[:, 3] * v1)
+                off = loc[bi, :, yi, xi]  # (M, 4)
+                cx = stride / 2 + xi.float() * stride + off[:, 0] * v0 * size
+                cy = stride / 2 + yi.float() * stride + off[:, 1] * v0 * size
+                bw = size * torch.exp(off[:, 2] * v1)
+                bh = size * torch.exp(off[:, 3] * v1)
                 boxes_l.append(torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1))
                 scores_l.append(conf[bi, yi, xi])
                 image_l.append(bi)

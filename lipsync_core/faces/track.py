@@ -2,15 +2,17 @@
 
 `track_faces` runs a detector on (optionally downscaled) frames, keeps ONE face (picked by `select` on the
 first detection, then matched frame to frame by overlap), and returns a `FaceTrack` in original pixels.
-With `detect_every=k` only every k-th frame is detected; frames between two keyframes that show the same
-face are interpolated, and where the keyframes disagree every frame between them is detected, so face/no-face
-boundaries stay exact. `face_boxes` bridges short gaps, pads, clips and smooths like Wav2Lip's inference.py.
+With `detect_every=k` only keyframes (k or more frames apart) are detected, near the followed face where the
+detector can do that cheaply; optical flow follows the face between them, and where a keyframe disagrees
+(a face appeared, vanished, or is not where the flow put it) more frames between are detected, halving the
+stretch, so face/no-face boundaries stay exact. `face_boxes` bridges short gaps, pads, clips and smooths like
+Wav2Lip's inference.py.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +21,17 @@ from ..errors import LipsyncError
 from ..progress import CancelToken, Progress
 
 SELECT_MODES = ("largest", "left", "right", "center")
-AGREE_IOU = 0.7  # keyframes this similar are "the same face, moving smoothly": interpolate between them
+PREDICT_IOU = 0.85  # a keyframe this close to where the optical flow put the face confirms the frames between
+WIDEN_IOU = 0.9  # ... and this close, the next keyframe may be further away
+NOFACE_MAX_EVERY = 12  # frames between keyframes with no face: about the shortest face segment (0.5 s at 25 fps)
+MOTION_FACE = 40  # face side (px) in the small grey frames optical flow runs on
+MOTION_GRID = 7  # points per side of the grid followed on the face
 MATCH_IOU = 0.2  # a detection overlapping the followed face this much is that face
 MATCH_CENTRE = 0.5  # ... or one whose centre moved less than half the face's size
 LOST_PATIENCE = 25  # frames to wait for the followed face before another face already in view may replace it
 DEFAULT_MAX_GAP = 8  # frames: about a third of a second at 25 fps
 SMOOTH_T = 5  # Wav2Lip's get_smoothened_boxes window
+_LK_STOP = (3, 10, 0.03)  # cv2.TERM_CRITERIA_COUNT | EPS: 10 iterations or 0.03 px
 
 
 @dataclass
@@ -115,40 +122,50 @@ def _pick(cands: np.ndarray, select: str, width: int, height: int) -> int:
 
 
 class _Follower:
-    """Which detection is "our" face, frame after frame. Small state, copied to try a keyframe jump."""
+    """Which detection is "our" face, frame after frame. Small state, copied to replay a stretch of frames."""
 
     def __init__(self, select: str, width: int, height: int) -> None:
         self.select, self.width, self.height = select, width, height
         self.box: np.ndarray | None = None  # last box of the followed face
         self.lost = 0  # frames since it was last seen
-        self.prev = np.zeros((0, 5), np.float32)  # every detection of the last detected frame
+        # every detection of the last detected frame; a callable that detects them when that frame was only
+        # searched near our face (needed only when our face goes missing, so fetched only then)
+        self.prev: np.ndarray | Callable[[], np.ndarray] = np.zeros((0, 5), np.float32)
+        self.same = False  # the last step found the face it was following (not a first pick or a takeover)
 
     def copy(self) -> _Follower:
         return copy.copy(self)
 
-    def step(self, cands: np.ndarray, gap: int = 1) -> np.ndarray | None:
-        """The followed face's (5,) row in this detected frame, `gap` frames after the last one, or None."""
+    def step(self, cands: np.ndarray, gap: int = 1, all_dets: Callable[[], np.ndarray] | None = None,
+             expect: np.ndarray | None = None) -> np.ndarray | None:
+        """The followed face's (5,) row in this detected frame, `gap` frames after the last one, or None.
+
+        `all_dets`: given when `cands` are only the faces near the followed one; returns every face.
+        `expect`: where the followed face should be now (its motion since it was seen), if known."""
         cands = np.asarray(cands, np.float32).reshape(-1, 5)
         chosen = None
+        same = False
         if len(cands):
             if self.box is None:
                 chosen = _pick(cands, self.select, self.width, self.height)
             else:
-                same, pref = _matches(self.box, cands[:, :4])
-                if same.any():
-                    chosen = int(np.argmax(np.where(same, pref, -np.inf)))
+                match, pref = _matches(self.box if expect is None else expect, cands[:, :4])
+                if match.any():
+                    chosen, same = int(np.argmax(np.where(match, pref, -np.inf))), True
                 elif self.lost + gap > LOST_PATIENCE:
                     chosen = _pick(cands, self.select, self.width, self.height)
                 else:
                     # Our face is missing. A face that was already in view (the other person) must not take
                     # over on one missed detection; a face that just appeared (a cut) may.
+                    prev = self.prev() if callable(self.prev) else self.prev
                     fresh = np.ones(len(cands), bool)
-                    for p in self.prev[:, :4]:
+                    for p in prev[:, :4]:
                         fresh &= ~_matches(p, cands[:, :4])[0]
                     if fresh.any():
                         idx = np.flatnonzero(fresh)
                         chosen = int(idx[_pick(cands[idx], self.select, self.width, self.height)])
-        self.prev = cands
+        self.prev = cands if all_dets is None else all_dets
+        self.same = same
         if chosen is None:
             self.lost += gap
             if self.lost > LOST_PATIENCE:
@@ -158,10 +175,88 @@ class _Follower:
         return cands[chosen]
 
 
-def _agree(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return float(iou(a[:4].astype(np.float64), b[None, :4])[0]) >= AGREE_IOU
+class _Motion:
+    """Frame-to-frame motion of the followed face (shift and scale), by pyramidal LK optical flow.
+
+    A grid of points on the face is followed on small grey copies of the frames in which the face is about
+    MOTION_FACE px: enough to follow a head, ~0.3 ms a frame. Detector boxes between two keyframes then
+    follow the real path of the head, not a straight line between the keyframes (heads nod and turn back).
+    """
+
+    def __init__(self) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self._small: dict[int, tuple[int, np.ndarray]] = {}  # frame index -> (shrink factor, grey frame)
+        # frame index t -> (box it was measured around, (dx, dy, scale) from frame t-1 to t, flow lost there)
+        self._moves: dict[int, tuple[np.ndarray, np.ndarray, bool]] = {}
+
+    def forget(self, before: int) -> None:
+        for d in (self._small, self._moves):
+            for i in [i for i in d if i < before]:
+                del d[i]
+
+    def _grey(self, i: int, frame: np.ndarray, n: int) -> np.ndarray:
+        got = self._small.get(i)
+        if got is None or got[0] != n:
+            cv2 = self._cv2
+            g = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+            if n > 1:
+                # a whole shrink factor on a size it divides takes OpenCV's fast area path (~8x faster)
+                h, w = g.shape[0] // n, g.shape[1] // n
+                g = cv2.resize(g[:h * n, :w * n], (w, h), interpolation=cv2.INTER_AREA)
+            got = self._small[i] = (n, g)
+        return got[1]
+
+    def move(self, t: int, frames: dict, box: np.ndarray) -> np.ndarray:
+        """(dx, dy, scale) of the face in `box` (frame t-1's pixels) from frame t-1 to frame t.
+
+        Memoised per frame for boxes about the same place (another face, after a cut, is measured anew)."""
+        box = np.asarray(box[:4], np.float64)
+        got = self._moves.get(t)
+        if got is not None and iou(got[0], box[None])[0] >= 0.5:
+            return got[1]
+        cv2 = self._cv2
+        side = float(np.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 1.0)))
+        n = max(1, int(round(side / MOTION_FACE)))
+        a, b = self._grey(t - 1, frames[t - 1], n), self._grey(t, frames[t], n)
+        u = (np.arange(MOTION_GRID) + 0.5) / MOTION_GRID * 0.7 + 0.15  # the middle 70% of the box: face, not background
+        gx = (box[0] + u * (box[2] - box[0])) / n
+        gy = (box[1] + u * (box[3] - box[1])) / n
+        p = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 1, 2).astype(np.float32)
+        q, st, _ = cv2.calcOpticalFlowPyrLK(a, b, p, None, winSize=(9, 9), maxLevel=2, criteria=_LK_STOP)
+        ok = st.reshape(-1) == 1
+        move = np.array([0.0, 0.0, 1.0])
+        keep = np.zeros(0, bool)
+        if ok.any():
+            p, q = p.reshape(-1, 2)[ok].astype(np.float64), q.reshape(-1, 2)[ok].astype(np.float64)
+            d = q - p
+            # points that slid off the face (background, an occluding hand) move unlike the rest: drop them
+            keep = np.abs(d - np.median(d, 0)).max(1) <= 1.0
+            if keep.sum() >= 4:
+                p, q, d = p[keep], q[keep], d[keep]
+                pc, qc = p - p.mean(0), q - q.mean(0)
+                scale = np.sqrt((qc ** 2).sum() / max((pc ** 2).sum(), 1e-9))
+                t_ = d.mean(0)
+                move = np.array([t_[0] * n, t_[1] * n, float(np.clip(scale, 0.9, 1.1))])
+        # most of the face did not move as one (a cut, a turn, a hand): the stretch is worth a closer look
+        self._moves[t] = (box, move, bool(keep.sum() < MOTION_GRID ** 2 // 2))
+        return move
+
+    def lost(self, j1: int, j2: int) -> bool:
+        """Whether the flow lost the face somewhere in frames j1+1..j2 (after chain() went over them)."""
+        return any(self._moves[t][2] for t in range(j1 + 1, j2 + 1) if t in self._moves)
+
+    def chain(self, box: np.ndarray, j1: int, j2: int, frames: dict) -> np.ndarray:
+        """Boxes (j2-j1+1, 4) of frames j1..j2: `box` at j1 carried along by the face's motion."""
+        out = np.empty((j2 - j1 + 1, 4), np.float64)
+        b = out[0] = np.asarray(box[:4], np.float64)
+        for t in range(j1 + 1, j2 + 1):
+            dx, dy, s = self.move(t, frames, b)
+            cx, cy = (b[0] + b[2]) / 2 + dx, (b[1] + b[3]) / 2 + dy
+            hw, hh = (b[2] - b[0]) * s / 2, (b[3] - b[1]) * s / 2
+            b = out[t - j1] = (cx - hw, cy - hh, cx + hw, cy + hh)
+        return out
 
 
 def _detect(detector, frames: Sequence[np.ndarray], batch_size: int, cancel: CancelToken | None) -> list:
@@ -177,13 +272,18 @@ def _detect(detector, frames: Sequence[np.ndarray], batch_size: int, cancel: Can
 
 
 def track_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, detect_every: int = 1,
-                select: str = "largest", batch_size: int = 8, total: int | None = None,
-                progress: Progress | None = None, cancel: CancelToken | None = None,
+                max_every: int | None = None, select: str = "largest", batch_size: int = 8,
+                total: int | None = None, progress: Progress | None = None, cancel: CancelToken | None = None,
                 original_size: tuple[int, int] | None = None) -> FaceTrack:
     """Detect and follow one face; boxes come back in original pixels (detected box / `scale`).
 
-    `frames` may be a generator (streamed: at most `batch_size * detect_every` frames are held, so a producer
-    must not overwrite a frame it has yielded).
+    `detect_every=1`: the detector runs on every whole frame (batches of `batch_size`). `detect_every=k > 1`:
+    keyframes k frames apart (up to `max_every` while the face moves as predicted; default: the detector's
+    `max_every`, else k). Between keyframes the face is followed by optical flow, and where a keyframe does
+    not land where the flow predicted, or a face appears, vanishes or changes, the stretch is halved with
+    more detections until it is explained, so face/no-face boundaries are exact. Once a face is followed, a
+    detector with `detect_near` searches only near it (the whole frame again when it finds nothing there).
+    `frames` may be a generator: at most max_every + 1 frames are held (k=1: batch_size).
     `scale` = detected frame width / original width. `original_size` = (width, height) of the original
     frames when rounding made `frame size / scale` ambiguous; otherwise it is derived.
     """
@@ -192,73 +292,19 @@ def track_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, d
     k = int(detect_every)
     if k < 1 or batch_size < 1 or not scale > 0:
         raise ValueError("detect_every and batch_size must be >= 1 and scale > 0")
+    if max_every is None:
+        max_every = getattr(detector, "max_every", None) or k
     progress = progress or Progress()
-    it = iter(frames)
-    shape = None
-    follower: _Follower | None = None
-    anchor: tuple[int, np.ndarray | None] | None = None  # last keyframe resolved: (index, its row)
-    out_boxes: list[np.ndarray] = []
-    out_scores: list[np.ndarray] = []
-    n = 0
     progress.start("detect", total)
     try:
-        exhausted = False
-        while not exhausted:
-            # Read until batch_size keyframes are buffered; a chunk always ends on a keyframe.
-            n0, chunk, keys = n, [], 0
-            while keys < batch_size:
-                f = next(it, None)
-                if f is None:
-                    exhausted = True
-                    break
-                if shape is None:
-                    shape = f.shape
-                    follower = _Follower(select, f.shape[1], f.shape[0])
-                elif f.shape != shape:
-                    raise ValueError(f"frame {n} is {f.shape}, earlier frames were {shape}")
-                chunk.append(f)
-                keys += n % k == 0
-                n += 1
-            if not chunk:
-                break
-            key_idx = list(range(n0 + (-n0) % k, n, k))
-            if not key_idx or key_idx[-1] != n - 1:
-                key_idx.append(n - 1)  # the stream ended between keyframes: its last frame is one
-
-            rows = np.full((n - n0, 5), np.nan, np.float32)
-            key_dets = _detect(detector, [chunk[i - n0] for i in key_idx], batch_size, cancel)
-            for ki, dets in zip(key_idx, key_dets):
-                if anchor is None:
-                    row = follower.step(dets)
-                else:
-                    a, arow = anchor
-                    between = range(a + 1, ki)
-                    trial = follower.copy()
-                    row = trial.step(dets, ki - a)
-                    if len(between) == 0 or _agree(arow, row):
-                        follower = trial
-                        if row is not None and len(between):
-                            t = ((np.arange(a + 1, ki) - a) / (ki - a))[:, None]
-                            rows[a + 1 - n0:ki - n0] = (1 - t) * arow + t * row
-                    else:
-                        # face appeared, vanished or jumped: detect every frame between for exact boundaries
-                        dets_between = _detect(detector, [chunk[j - n0] for j in between], batch_size, cancel)
-                        for j, d in zip(between, dets_between):
-                            r = follower.step(d)
-                            if r is not None:
-                                rows[j - n0] = r
-                        row = follower.step(dets)
-                if row is not None:
-                    rows[ki - n0] = row
-                anchor = (ki, row)
-            out_boxes.append(rows[:, :4])
-            out_scores.append(rows[:, 4])
-            progress.advance("detect", n - n0)
+        if k == 1:
+            rows, shape = _track_every(frames, detector, select, batch_size, progress, cancel)
+        else:
+            rows, shape = _Sparse(detector, select, k, max(k, int(max_every)), progress, cancel).run(frames)
     finally:
         progress.finish("detect")
 
-    boxes = np.concatenate(out_boxes) if out_boxes else np.zeros((0, 4), np.float32)
-    scores = np.concatenate(out_scores) if out_scores else np.zeros(0, np.float32)
+    boxes, scores = rows[:, :4], rows[:, 4]
     if original_size is not None:
         width, height = original_size
     elif shape is not None:
@@ -268,6 +314,162 @@ def track_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, d
     # 1/64 px and 1/1024 steps are exact binary fractions: short in JSON, identical after a cache round trip
     boxes = np.round(boxes / np.float32(scale) * 64) / 64
     return FaceTrack(boxes, np.round(scores * 1024) / 1024, width, height)
+
+
+def _check_shape(f: np.ndarray, shape: tuple | None, i: int) -> tuple:
+    if shape is not None and f.shape != shape:
+        raise ValueError(f"frame {i} is {f.shape}, earlier frames were {shape}")
+    return f.shape
+
+
+def _track_every(frames, detector, select, batch_size, progress, cancel) -> tuple[np.ndarray, tuple | None]:
+    """The reference: every whole frame detected, in batches."""
+    out, chunk, shape, follower, n = [], [], None, None, 0
+    it = iter(frames)
+    while True:
+        f = next(it, None)
+        if f is not None:
+            shape = _check_shape(f, shape, n)
+            follower = follower or _Follower(select, f.shape[1], f.shape[0])
+            chunk.append(f)
+            n += 1
+        if chunk and (f is None or len(chunk) == batch_size):
+            for d in _detect(detector, chunk, batch_size, cancel):
+                row = follower.step(d)
+                out.append(np.full(5, np.nan, np.float32) if row is None else row)
+            progress.advance("detect", len(chunk))
+            chunk = []
+        if f is None:
+            break
+    return (np.array(out, np.float32).reshape(-1, 5)), shape
+
+
+class _Sparse:
+    """Keyframes, optical flow between them, and halving where the two disagree (see track_faces)."""
+
+    def __init__(self, detector, select: str, k: int, max_every: int, progress: Progress,
+                 cancel: CancelToken | None) -> None:
+        self.detector, self.select, self.k, self.max_every = detector, select, k, max_every
+        self.near = getattr(detector, "detect_near", None)
+        self.progress, self.cancel = progress, cancel
+        self.frames: dict[int, np.ndarray] = {}  # the frames from the last keyframe on
+        self.full: dict[int, np.ndarray] = {}  # whole-frame detections of those frames
+        self.motion = _Motion()
+
+    def _whole(self, j: int) -> np.ndarray:
+        if j not in self.full:
+            if self.cancel is not None:
+                self.cancel.check()
+            self.full[j] = np.asarray(self.detector.detect([self.frames[j]])[0], np.float32).reshape(-1, 5)
+        return self.full[j]
+
+    def _detect(self, j: int, hint: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """Detections of frame j and whether they are complete (whole frame) or only near `hint`."""
+        if hint is not None and self.near is not None:
+            if self.cancel is not None:
+                self.cancel.check()
+            d = np.asarray(self.near([self.frames[j]], [hint])[0], np.float32).reshape(-1, 5)
+            if len(d) and _matches(hint, d[:, :4])[0].any():
+                return d, False
+        return self._whole(j), True  # nothing there: the face left, or moved more than predicted
+
+    def run(self, frames: Iterable[np.ndarray]) -> tuple[np.ndarray, tuple | None]:
+        it = iter(frames)
+        first = next(it, None)
+        if first is None:
+            return np.zeros((0, 5), np.float32), None
+        shape = first.shape
+        self.frames[0] = first
+        follower = _Follower(self.select, shape[1], shape[0])
+        a, ra = 0, follower.step(self._whole(0))
+        out = [ra]
+        self.progress.advance("detect", 1)
+        n, g, ended = 1, self.k, False
+        while True:
+            while not ended and n <= a + g:  # read up to the next keyframe
+                f = next(it, None)
+                if f is None:
+                    ended = True
+                    break
+                self.frames[n] = f
+                shape = _check_shape(f, shape, n)
+                n += 1
+            b = min(a + g, n - 1)
+            if b <= a:
+                break
+            rows, follower, split, fit = self._interval(a, ra, b, follower)
+            out.extend(rows)
+            self.progress.advance("detect", b - a)
+            a, ra = b, rows[-1]
+            # widen while the flow predicts keyframes well, narrow after a stretch needed halving; with no
+            # face, stay at most NOFACE_MAX_EVERY apart so that no face shown that long is missed
+            top = self.max_every if ra is not None else min(self.max_every, max(self.k, NOFACE_MAX_EVERY))
+            if split:
+                g = max(self.k, g // 2)
+            elif fit >= WIDEN_IOU:
+                g = min(top, g + self.k)
+            else:
+                g = min(top, g)
+            for d in (self.frames, self.full):
+                for j in [j for j in d if j < a]:
+                    del d[j]
+            self.motion.forget(a)
+        rows = np.array([np.full(5, np.nan, np.float32) if r is None else r for r in out], np.float32)
+        return rows.reshape(-1, 5), shape
+
+    def _interval(self, a: int, ra: np.ndarray | None, b: int, follower: _Follower):
+        """Rows of frames a+1..b, the follower after b, whether halving was needed, the flow's fit at b."""
+        frames, motion = self.frames, self.motion
+        hint = None if ra is None else motion.chain(ra, a, b, frames)[-1]
+        dets = {b: self._detect(b, hint)}
+        split, fit = False, 1.0
+        while True:
+            # replay the follower over the detected frames in order (a halving adds frames in between)
+            fol, rows, same, last = follower.copy(), {a: ra}, {}, a
+            for j in sorted(dets):
+                d, complete = dets[j]
+                # with keyframes far apart, "the same face" means: where the flow carried it, not where it was
+                r = rows[last]
+                expect = None if r is None else motion.chain(r, last, j, frames)[-1]
+                rows[j] = fol.step(d, j - last, None if complete else (lambda j=j: self._whole(j)), expect)
+                same[j], last = fol.same, j
+            keys = sorted(rows)
+            todo = None
+            for j1, j2 in zip(keys, keys[1:]):
+                r1, r2 = rows[j1], rows[j2]
+                if j2 - j1 < 2 or (r1 is None and r2 is None):
+                    continue
+                if r1 is None or r2 is None or not same[j2]:
+                    todo = (j1, j2)  # a face appeared, vanished or changed in between: find where
+                    break
+                o = float(iou(motion.chain(r1, j1, j2, frames)[-1], r2[None, :4])[0])
+                if j2 == b and j1 == a:
+                    fit = o
+                if o < PREDICT_IOU or motion.lost(j1, j2):
+                    todo = (j1, j2)  # the flow lost the face's path (or the face): look in the middle
+                    break
+            if todo is None:
+                break
+            j1, j2 = todo
+            m = (j1 + j2) // 2
+            r1 = rows[j1]
+            dets[m] = self._detect(m, None if r1 is None else motion.chain(r1, j1, m, frames)[-1])
+            split = True
+        out = []
+        for j1, j2 in zip(keys, keys[1:]):
+            r1, r2 = rows[j1], rows[j2]
+            if j2 - j1 > 1:
+                if r1 is None or r2 is None:
+                    out.extend([None] * (j2 - j1 - 1))
+                else:
+                    p = motion.chain(r1, j1, j2, frames)
+                    w = (np.arange(1, j2 - j1) / (j2 - j1))[:, None]
+                    # the flow's path, bent so that it ends on the detection (spreads the drift over the stretch)
+                    boxes = p[1:-1] + w * (r2[:4] - p[-1])
+                    scores = (1 - w) * r1[4] + w * r2[4]
+                    out.extend(np.concatenate([boxes, scores], 1).astype(np.float32))
+            out.append(r2)
+        return out, fol, split, fit
 
 
 # ----------------------------------------------------------------------------------------------- crop boxes
