@@ -5,11 +5,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 import media
+import pytest
 from ckpt import write_random_checkpoint
+
 from lipsync_core.video import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
