@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--blend", choices=("feather", "box"), default=d.blend,
                    help="feather: only the lower face with a soft edge (default); box: paste the whole box")
     y.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="frames per generator batch (default 32 on CPU, 128 on CUDA)")
+                   help="frames per generator batch (default 16 on CPU, 128 on CUDA, 32 on MPS)")
     y.add_argument("--match", choices=("video", "audio"), default=d.match,
                    help="video: keep every frame, audio trimmed/padded (default); audio: cut or loop the "
                         "video to the audio's length")

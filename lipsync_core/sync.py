@@ -205,7 +205,7 @@ class Engine:
         pool = ThreadPoolExecutor(max_workers=1)  # generator runs while the main thread decodes/blends
         pending = None  # (future, [(frame, box) ...]) of the batch being generated
         buf: list = []  # [(k, frame, box|None)] waiting for the next batch, in output order
-        n_face = 0
+        n_face = batch_faces = 0
 
         def flush_pending(enc):
             nonlocal pending
@@ -257,9 +257,11 @@ class Engine:
                     has = box[0] >= 0
                     buf.append((k, frame, tuple(int(v) for v in box) if has else None))
                     n_face += has
-                    if sum(1 for _, _, b in buf if b is not None) >= self.batch_size or (
-                            not has and len(buf) >= self.batch_size):
+                    batch_faces += has
+                    # a full batch of faces, or enough frames buffered (long no-face runs): keeps memory bounded
+                    if batch_faces >= self.batch_size or len(buf) >= 2 * self.batch_size:
                         submit(enc)
+                        batch_faces = 0
                 submit(enc)
                 flush_pending(enc)
                 t0 = time.perf_counter()

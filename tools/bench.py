@@ -110,6 +110,27 @@ def generator_alone(checkpoint: str, device: str, batches=(16, 32, 64), repeats:
     return rows
 
 
+def run_reference(ref_dir: Path, ckpt: Path, clip: Path, speech: Path, box: list[int]) -> dict:
+    """The reference's inference.py with --box (its order: top bottom left right), wall time incl. start-up."""
+    x1, y1, x2, y2 = box
+    out = OUT / "reference.mp4"
+    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+            "r = subprocess.run(sys.argv[1:]); "
+            "print(r.returncode, time.perf_counter() - t, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+    cmd = [sys.executable, "-c", code, sys.executable, "inference.py", "--checkpoint_path", str(ckpt),
+           "--face", str(clip), "--audio", str(speech), "--box", str(y1), str(y2), str(x1), str(x2),
+           "--outfile", str(out)]
+    proc = subprocess.run(cmd, cwd=ref_dir, capture_output=True, text=True)
+    rc, wall, rss = proc.stdout.strip().splitlines()[-1].split()
+    if rc != "0":
+        raise SystemExit(f"the reference failed in {ref_dir}:\n{proc.stderr[-2000:]}")
+    from lipsync_core.video import probe
+
+    frames = probe(str(out)).frames
+    return {"frames": frames, "seconds": float(wall), "fps": frames / float(wall), "peak_rss_mb": float(rss)}
+
+
 def print_run(name: str, r: dict) -> None:
     total = r["seconds"]
     print(f"\n{name}: {r['frames']} frames ({r['face_frames']} lip-synced) in {total:.1f} s = "
@@ -132,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=str(ROOT / "out" / "bench.json"))
+    ap.add_argument("--reference", metavar="DIR",
+                    help="a runnable checkout of Rudrabha/Wav2Lip: time its inference.py on the same clip and box")
     args = ap.parse_args(argv)
     if args.run:
         print(json.dumps(run_config(json.loads(args.run))))
@@ -179,6 +202,15 @@ def main(argv=None) -> int:
     share = det["timings"].get("detect", 0) / det["seconds"]
     report["detect_share"] = share
     print(f"detection share of end-to-end time: {100 * share:.1f}%")
+
+    if args.reference:
+        report["reference"] = run_reference(Path(args.reference), ckpt, clip, speech, box)
+        ours = report["runs"][f"fixed box, {seconds:g} s"]
+        ref = report["reference"]
+        report["speedup_vs_reference"] = ours["fps"] / ref["fps"]
+        print(f"\nreference inference.py, fixed box: {ref['frames']} frames in {ref['seconds']:.1f} s = "
+              f"{ref['fps']:.1f} frames/s, peak memory {ref['peak_rss_mb']:.0f} MB; ours {ours['fps']:.1f} frames/s "
+              f"= {report['speedup_vs_reference']:.2f}x")
 
     rows = generator_alone(str(ckpt), args.device)
     report["generator_alone"] = rows
