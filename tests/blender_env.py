@@ -28,7 +28,7 @@ else:
     os.environ["LIPSYNC_TEST_USER_RESOURCES"] = USER
     atexit.register(shutil.rmtree, USER, ignore_errors=True)
 
-import bpy
+import bpy  # noqa: E402  (bpy reads BLENDER_USER_RESOURCES at import)
 
 _zip: Path | None = None
 
@@ -86,7 +86,7 @@ def fingerprint(scene) -> tuple:
 
 # -- fixtures shared by the add-on tests (import them into a test module to use them)
 
-import pytest
+import pytest  # noqa: E402
 
 FACE1, NOFACE, FACE2 = 40, 30, 40  # frames of the made clip: face / no face / face at 25 fps
 CLIP_FRAMES = FACE1 + NOFACE + FACE2
