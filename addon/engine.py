@@ -121,6 +121,21 @@ class WorkerResult:
         return self.event.get("event", "error")
 
 
+def signal_group(proc, sig) -> None:
+    """Signal a helper process and what it started (ffmpeg, pip): it leads its own process group on POSIX."""
+    if proc.poll() is not None:
+        return
+    try:
+        if os.name != "nt":
+            os.killpg(proc.pid, sig)
+        elif sig == signal.SIGTERM:
+            proc.terminate()
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class WorkerProcess:
     """One `python -m lipsync_core.worker` run: job JSON in, events out, cancel by a stdin line.
 
@@ -211,19 +226,8 @@ class WorkerProcess:
         self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
 
     def _signal(self, sig) -> None:
-        """Signal the worker and what it started (ffmpeg): it leads its own process group on POSIX."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            if os.name != "nt":
-                os.killpg(proc.pid, sig)
-            elif sig == signal.SIGTERM:
-                proc.terminate()
-            else:
-                proc.kill()
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            signal_group(self.proc, sig)
 
     @property
     def cancelled(self) -> bool:

@@ -137,8 +137,8 @@ class HelperProcess:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        _signal(proc, signal.SIGTERM)
-        timer = threading.Timer(KILL_AFTER_S, _signal, (proc, getattr(signal, "SIGKILL", signal.SIGTERM)))
+        engine.signal_group(proc, signal.SIGTERM)
+        timer = threading.Timer(KILL_AFTER_S, engine.signal_group, (proc, getattr(signal, "SIGKILL", signal.SIGTERM)))
         timer.daemon = True
         timer.start()
 
@@ -179,18 +179,6 @@ class HelperProcess:
         return f"{self.title}: {self.stage}"
 
 
-def _signal(proc: subprocess.Popen, sig) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        if os.name != "nt":
-            os.killpg(proc.pid, sig)
-        elif sig == signal.SIGTERM:
-            proc.terminate()
-        else:
-            proc.kill()
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def elapsed_text(seconds: float) -> str:
@@ -330,7 +318,7 @@ def stop_current(wait_s: float = 10.0) -> None:
         try:
             task.proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
-            _signal(task.proc, getattr(signal, "SIGKILL", signal.SIGTERM))
+            engine.signal_group(task.proc, getattr(signal, "SIGKILL", signal.SIGTERM))
     current = None
 
 
