@@ -28,8 +28,8 @@ class Compositor:
     region only.
     """
 
-    def __init__(self, mode: str = "feather", top: float = 0.5, ramp_top: float = 0.12,
-                 ramp_side: float = 0.15, ramp_bottom: float = 0.1,
+    def __init__(self, mode: str = "feather", top: float = 0.5, ramp_top: float = 0.18,
+                 ramp_side: float = 0.2, ramp_bottom: float = 0.1,
                  interpolation: int = cv2.INTER_LINEAR, cache_size: int = 256):
         if mode not in MODES:
             raise ValueError(f"blend mode must be one of {MODES}, got {mode!r}")
