@@ -381,7 +381,9 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
         raise LipsyncError(f"{audio} has no sound to sync to")
     result = engine.render(video, info, frames, boxes[frames], mel, audio, 0.0, output, cancel, clock)
     total = time.perf_counter() - t_start
-    result.update(segments_to_dict(segments, info.fps, info.frames))
+    seg = segments_to_dict(segments, info.fps, info.frames)
+    # "frames" stays the output's count (it differs from the source's with --match audio)
+    result.update({"fps": seg["fps"], "segments": seg["segments"], "source_frames": info.frames})
     result.update({"device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
                    "seconds": total, "timings": dict(clock.seconds)})
     return result
