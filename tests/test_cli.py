@@ -99,6 +99,7 @@ def test_match_audio_cuts_video_to_audio(work):
     assert r.returncode == 0, r.stderr
     n_chunks = len(A.chunk_starts(A.melspectrogram(A.load_audio(str(short))).shape[1], 25.0))
     assert probe(str(out)).frames == n_chunks
+    assert f": {n_chunks} frames, {n_chunks} lip-synced" in r.stderr  # the report counts the output's frames
 
 
 def bad(work, *args, expect):
