@@ -13,10 +13,11 @@ import venv
 import wave
 from pathlib import Path
 
-import blender_env as be
 import bpy
 import numpy as np
 import pytest
+
+import blender_env as be
 from blender_env import checkpoint, configured, lipsync_addon, made_media  # noqa: F401  (fixtures)
 
 
@@ -58,6 +59,7 @@ def test_sound_mapping_matches_blender_mixdown(lipsync_addon, tmp_path):
 
 def test_movie_mapping_matches_blender_render(lipsync_addon, tmp_path):
     import cv2
+
     import media
 
     tl, snapshot = be.submodule("timeline"), be.submodule("snapshot")

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-import media
 import pytest
+
+import media
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY42 = os.environ.get("LIPSYNC_BPY42_PYTHON")

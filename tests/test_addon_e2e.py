@@ -10,10 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import blender_env as be
 import bpy
 import numpy as np
 import pytest
+
+import blender_env as be
 from blender_env import CLIP_FRAMES, FACE1, NOFACE, TONE_HZ, checkpoint, configured, lipsync_addon, made_media  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
 """Audio decoding, the exact Wav2Lip mel spectrogram, and the per-frame chunk rule."""
 
-import media
 import numpy as np
 import pytest
 import scipy.io.wavfile
 import scipy.signal
 
+import media
 from lipsync_core import audio as A
 from lipsync_core.errors import LipsyncError
 

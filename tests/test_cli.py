@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
-import media
 import numpy as np
 import pytest
-from ckpt import write_random_checkpoint
 
+import media
+from ckpt import write_random_checkpoint
 from lipsync_core import audio as A
 from lipsync_core.video import FrameReader, probe
 

@@ -16,12 +16,12 @@ import sys
 import threading
 from pathlib import Path
 
-import blender_env as be  # first: bpy with a temporary user folder
 import bpy
 import numpy as np
 import pytest
-from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
 
+import blender_env as be  # first: bpy with a temporary user folder
+from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
 from lipsync_core import video
 from tools import demo
 

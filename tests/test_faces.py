@@ -7,11 +7,11 @@ import os
 import time
 
 import cv2
-import media
 import numpy as np
 import pytest
 import torch
 
+import media
 from lipsync_core.errors import Cancelled, LipsyncError
 from lipsync_core.faces import cache, detectors
 from lipsync_core.faces.detectors import OpenCVDetector, SFDDetector, get_detector

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from ckpt import cached_random_model, shared_checkpoint, write_random_checkpoint
 
+from ckpt import cached_random_model, shared_checkpoint, write_random_checkpoint
 from lipsync_core import device as dev
 from lipsync_core.errors import LipsyncError
 from lipsync_core.inference import FaceGenerator, default_batch_size

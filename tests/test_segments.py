@@ -6,10 +6,10 @@ import itertools
 import json
 import subprocess
 
-import media
 import numpy as np
 import pytest
 
+import media
 from lipsync_core.errors import LipsyncError
 from lipsync_core.faces.detectors import OpenCVDetector
 from lipsync_core.faces.track import track_faces

@@ -24,11 +24,11 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import blender_env as be  # first: bpy with a temporary user folder
 import bpy
 import pytest
-from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
 
+import blender_env as be  # first: bpy with a temporary user folder
+from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
 from lipsync_core import setup_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
-from media import astronaut_frames, tone_wav, write_video
 
 from lipsync_core import tools
 from lipsync_core.errors import LipsyncError
 from lipsync_core.video import _SWS_FLAGS, FrameReader, VideoEncoder, _passthrough_args, probe, probe_audio
+from media import astronaut_frames, tone_wav, write_video
 
 AAC_FRAME = 1024 / 48000
 

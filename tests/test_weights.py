@@ -11,8 +11,8 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-from ckpt import shared_checkpoint
 
+from ckpt import shared_checkpoint
 from lipsync_core import weights as w
 from lipsync_core.errors import LipsyncError
 

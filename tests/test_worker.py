@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
-import media
 import pytest
-from ckpt import write_random_checkpoint
 
+import media
+from ckpt import write_random_checkpoint
 from lipsync_core.video import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
