@@ -32,7 +32,6 @@ def make_clip(path: Path, seconds: float) -> Path:
     if path.exists():
         return path
     import media
-
     from lipsync_core.tools import ffmpeg_exe
 
     n = int(seconds * FPS)

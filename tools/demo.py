@@ -204,8 +204,9 @@ def cutaway_frames(n: int, w: int, h: int):
 
 
 def make_material(out: Path, quick: bool = False) -> Material:
-    import media
     import numpy as np
+
+    import media
 
     out.mkdir(parents=True, exist_ok=True)
     w, h = (320, 180) if quick else (640, 360)
