@@ -1,7 +1,18 @@
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Blender reads BLENDER_USER_RESOURCES when bpy is first imported: point it at a temp folder before any test
+# module can import bpy, so tests never install into a real Blender user folder (see tests/blender_env.py).
+if "LIPSYNC_TEST_USER_RESOURCES" not in os.environ:
+    _user = tempfile.mkdtemp(prefix="lipsync-bl-user-")
+    os.environ["BLENDER_USER_RESOURCES"] = os.environ["LIPSYNC_TEST_USER_RESOURCES"] = _user
+    atexit.register(shutil.rmtree, _user, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
