@@ -36,7 +36,7 @@ RUNTIME = [
     "imageio-ffmpeg",
     "tqdm",
 ]
-DEV = ["pytest", "bpy==5.0.1", "ruff", "scikit-image"]
+DEV = ["pytest", "bpy==5.0.1", "ruff==0.17.6", "scikit-image"]  # ruff pinned: tests/test_lint.py runs it
 REQUIREMENTS_ENV = "LIPSYNC_SETUP_REQUIREMENTS"
 
 
