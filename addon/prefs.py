@@ -161,11 +161,4 @@ def _setup_target() -> str:
 classes = (LIPSYNC_OT_check_python, LipsyncPreferences)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

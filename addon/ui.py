@@ -72,11 +72,4 @@ def _draw_setup_hint(layout, context) -> None:
 classes = (LIPSYNC_PT_panel,)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

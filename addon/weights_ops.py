@@ -164,11 +164,4 @@ class LIPSYNC_OT_download_weights(HelperOperator, bpy.types.Operator):
 classes = (LIPSYNC_OT_download_weights,)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)
