@@ -354,13 +354,15 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     t_start = time.perf_counter()
     _check_output(output, [video, audio, checkpoint])
     info = probe(video)
-    ainfo = probe_audio(audio)
+    if probe_audio(audio).duration < 0.05:
+        raise LipsyncError(f"{audio} has no sound to sync to: give a file with speech in it")
     _check_checkpoint(checkpoint)
-    if isinstance(opts.segments, str) and opts.segments.strip().lower() not in ("auto", "all"):
-        parse_ranges(opts.segments, info.fps, info.frames)  # bad ranges fail before the model loads
+    explicit = isinstance(opts.segments, str) and opts.segments.strip().lower() not in ("auto", "all")
+    # editor ranges are checked before the model loads; auto segments need detection, which comes after
+    segments = parse_ranges(opts.segments, info.fps, info.frames) if explicit else None
     engine = Engine(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
 
-    segments = resolve_segments(video, info, opts, progress, cancel, clock)
+    segments = segments or resolve_segments(video, info, opts, progress, cancel, clock)
     face_segs = [s for s in segments if s.face]
     boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
 
@@ -377,8 +379,6 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
         mel = A.melspectrogram(wav)
         frames = np.arange(n_out)
     clock.add("mel", t0)
-    if n_out and not opts.match == "audio" and ainfo.duration < 0.05:
-        raise LipsyncError(f"{audio} has no sound to sync to")
     result = engine.render(video, info, frames, boxes[frames], mel, audio, 0.0, output, cancel, clock)
     total = time.perf_counter() - t_start
     seg = segments_to_dict(segments, info.fps, info.frames)
