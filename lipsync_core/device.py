@@ -4,14 +4,14 @@ Device: "auto" takes CUDA, then Apple MPS, then the CPU. An explicit "cuda"/"cud
 cannot give raises LipsyncError instead of quietly falling back: someone who picked a GPU and silently gets a
 CPU run 20x slower would rather be told (and "auto" is one word away).
 
-Precision: fp16 on CUDA; fp32 on MPS (not measured: no Mac here) and on the CPU.
-CPU bf16 was measured and is NOT the default: on a 2-core AVX512-BF16 EPYC the real network at batch 16 runs
-~45 frames/s in bf16 against ~20 in fp32, but bf16 keeps 8 mantissa bits and over 50 layers a random-weight
-checkpoint's output moves by up to 12/255 (mean 1.2/255; fp16 on the same inputs: max 2/255, mean 0.16/255),
-far outside the 1/255 we hold fp32 paths to. On the CPU the face detector dominates a run anyway.
-LIPSYNC_PRECISION=bf16 opts in where the CPU has native bf16 (AVX512-BF16 or AMX); without it bf16 is emulated,
-slower than fp32, and falls back with a warning.
-LIPSYNC_PRECISION=fp32|bf16|fp16 overrides; a precision the device cannot do warns and falls back.
+Precision: fp16 on CUDA; fp32 on MPS (not measured: no Mac here); fp32 to start with on the CPU.
+CPU bf16 is about 2x faster where the CPU has native bf16 (AVX512-BF16 or AMX: 2-core EPYC, banded generator,
+batch 32: 65 frames/s against 34 in fp32), but it keeps 8 mantissa bits, and over 50 layers how far the output
+moves depends on the weights: under 1/255 on PyTorch's plain initialisation, up to 40/255 on the calibrated
+random checkpoint the tests use. So sync.Engine measures it: the first batch runs both ways and bf16 is kept
+only if no pixel moves by more than 1/255. Without native bf16 it is emulated, slower than fp32, never tried.
+LIPSYNC_PRECISION=fp32|bf16|fp16 overrides (and skips the check); a precision the device cannot do warns and
+falls back.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def parse_precision(text: str) -> torch.dtype | None:
     return PRECISIONS[key]
 
 
-# Flip to make native-bf16 CPUs default to bf16 (2.2x faster generator, see the accuracy note above).
+# Flip to make native-bf16 CPUs start in bf16 without the first-batch check (see the accuracy note above).
 CPU_BF16_BY_DEFAULT = False
 
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt import cached_random_model, shared_checkpoint, write_random_checkpoint
+from ckpt import cached_random_model, reference_predict, shared_checkpoint, write_random_checkpoint
 from lipsync_core import device as dev
+from lipsync_core import fast_model
+from lipsync_core.composite import Compositor
 from lipsync_core.errors import LipsyncError
 from lipsync_core.inference import FaceGenerator, default_batch_size
 from lipsync_core.model import (
@@ -220,19 +222,6 @@ def test_input_is_built_like_the_reference(model, channels_last):
     assert torch.all(x[:, :3, 48:] == 0) and torch.all(x[:, 3:, 48:] == ref_x[:, 3:, 48:])
 
 
-def reference_predict(net, mels, faces):
-    """The reference's numbers: torch.FloatTensor of the transposed numpy batch, the model as loaded (no
-    channels_last), no_grad, then (pred * 255.).astype(np.uint8)."""
-    masked = faces.copy()
-    masked[:, 48:] = 0
-    img = np.concatenate((masked, faces), axis=3) / 255.0
-    img = torch.FloatTensor(np.transpose(img, (0, 3, 1, 2)))
-    mel = torch.FloatTensor(np.transpose(np.reshape(mels, [len(mels), 80, 16, 1]), (0, 3, 1, 2)))
-    with torch.no_grad():
-        pred = net(mel, img)
-    return (pred.cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
-
-
 def test_fp32_predict_matches_reference(official):
     mels, faces = batch(2, seed=1)
     want = reference_predict(load_model(official), mels, faces)
@@ -261,6 +250,71 @@ def test_bf16_close_to_fp32(model):
     assert np.mean(diff <= 1) > 0.5
 
 
+# -- the inference rewrite: BN folded, only the rows the blend reads ------------------------------------
+
+
+@pytest.mark.parametrize("first_row", [0, 1, 2, 7, 30, 45, 47, 80, 95])
+def test_fast_model_rows_equal_the_full_network(model, first_row):
+    mels, faces = batch(3, seed=4)
+    mel = torch.from_numpy(mels)[:, None]
+    x = torch.from_numpy(np.concatenate((faces, faces), axis=3).transpose(0, 3, 1, 2) / 255.0).float()
+    with torch.inference_mode():
+        full = model(mel, x)
+        fast = fast_model.FastWav2Lip(model, first_row)(mel, x)
+    assert fast.shape == (3, 3, 96 - first_row, 96)
+    assert (fast - full[:, :, first_row:]).abs().max() < 1e-4  # float rounding of the folded weights only
+
+
+def test_a_band_one_row_short_is_caught(model, monkeypatch):
+    """The exactness above depends on row_plan's margins: starting any banded stage one row later is visibly
+    wrong, so the test above would catch a plan that cut too close."""
+    plan = fast_model.row_plan
+    mels, faces = batch(2, seed=5)
+    mel = torch.from_numpy(mels)[:, None]
+    x = torch.from_numpy(np.concatenate((faces, faces), axis=3).transpose(0, 3, 1, 2) / 255.0).float()
+    with torch.inference_mode():
+        full = model(mel, x)[:, :, 45:]
+        for block in (4, 5, 6):
+            monkeypatch.setattr(fast_model, "row_plan", lambda r, res, b=block: {
+                k: v + (k == b) for k, v in plan(r, res).items()})
+            assert (fast_model.FastWav2Lip(model, 45)(mel, x) - full).abs().max() > 1e-3, block
+
+
+def test_generator_band_keeps_input_rows_above(model):
+    mels, faces = batch(3, seed=6)
+    whole = FaceGenerator(model, "cpu", torch.float32).predict(mels, faces)
+    band = FaceGenerator(model, "cpu", torch.float32, first_row=45).predict(mels, faces)
+    assert band.shape == whole.shape == (3, 96, 96, 3)
+    assert np.array_equal(band[:, :45], faces[:, :45])
+    assert np.abs(band[:, 45:].astype(int) - whole[:, 45:]).max() <= 1
+
+
+@pytest.mark.parametrize("interpolation", ["INTER_LINEAR", "INTER_CUBIC", "INTER_LANCZOS4", "INTER_NEAREST"])
+def test_compositor_reads_no_row_above_first_row_used(interpolation):
+    """Whatever the generator leaves above first_row_used() never reaches the frame, at any box size; one row
+    lower would leak (so the margin is not needlessly wide either)."""
+    import cv2
+
+    comp = Compositor("feather", interpolation=getattr(cv2, interpolation))
+    first = comp.first_row_used()
+    assert 40 <= first <= 47
+    rng = np.random.default_rng(7)
+    face = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    frame = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    leaked_below = False
+    for w, h in [(37, 41), (60, 59), (96, 96), (97, 95), (150, 170), (333, 301), (80, 250)]:
+        box = (20, 30, 20 + w, 30 + h)
+        want = comp.paste(frame.copy(), face, box)
+        junk = face.copy()
+        junk[:first] = 255 - junk[:first]
+        assert np.array_equal(comp.paste(frame.copy(), junk, box), want), (w, h)
+        junk = face.copy()
+        junk[: first + 8] = 255 - junk[: first + 8]
+        leaked_below |= not np.array_equal(comp.paste(frame.copy(), junk, box), want)
+    assert leaked_below
+    assert Compositor("box").first_row_used() == 0
+
+
 def test_predict_edge_cases(model):
     gen = FaceGenerator(model, "cpu", torch.float32)
     assert gen.predict(np.zeros((0, 80, 16), np.float32), np.zeros((0, 96, 96, 3), np.uint8)).shape == (
@@ -276,7 +330,7 @@ def test_predict_edge_cases(model):
     a = gen.predict(mels.astype(np.float64), faces)
     b = gen.predict(mels, faces)
     assert np.array_equal(a, b)
-    assert default_batch_size("cpu") == 16 and default_batch_size("cuda") >= 64
+    assert default_batch_size("cpu") == 32 and default_batch_size("cuda") >= 64
 
 
 def test_short_batches_are_padded_for_a_compiled_model(model):
