@@ -64,9 +64,9 @@ def _fold(module: nn.Module) -> nn.Module:
     return module
 
 
-# Decoder blocks that start with a stride-2 transposed conv (6 -> 12 -> 24 -> 48 -> 96); below 12 pixels a
-# band saves nothing, so blocks 0-2 always run whole.
-_BANDED = (3, 4, 5, 6)
+# Decoder blocks that start with a stride-2 transposed conv (3 -> 6 -> 12 -> 24 -> 48 -> 96); blocks 0 and 1
+# (1x1 and 3x3 maps) always run whole.
+_BANDED = (2, 3, 4, 5, 6)
 
 
 def row_plan(first_row: int, residuals: dict[int, int]) -> dict[int, int]:

@@ -273,11 +273,11 @@ def test_a_band_one_row_short_is_caught(model, monkeypatch):
     mel = torch.from_numpy(mels)[:, None]
     x = torch.from_numpy(np.concatenate((faces, faces), axis=3).transpose(0, 3, 1, 2) / 255.0).float()
     with torch.inference_mode():
-        full = model(mel, x)[:, :, 45:]
-        for block in (4, 5, 6):
+        full = model(mel, x)[:, :, 47:]
+        for block in (2, 3, 4, 5, 6):
             monkeypatch.setattr(fast_model, "row_plan", lambda r, res, b=block: {
                 k: v + (k == b) for k, v in plan(r, res).items()})
-            assert (fast_model.FastWav2Lip(model, 45)(mel, x) - full).abs().max() > 1e-3, block
+            assert (fast_model.FastWav2Lip(model, 47)(mel, x) - full).abs().max() > 1e-3, block
 
 
 def test_generator_band_keeps_input_rows_above(model):
@@ -291,8 +291,8 @@ def test_generator_band_keeps_input_rows_above(model):
 
 @pytest.mark.parametrize("interpolation", ["INTER_LINEAR", "INTER_CUBIC", "INTER_LANCZOS4", "INTER_NEAREST"])
 def test_compositor_reads_no_row_above_first_row_used(interpolation):
-    """Whatever the generator leaves above first_row_used() never reaches the frame, at any box size; one row
-    lower would leak (so the margin is not needlessly wide either)."""
+    """Whatever the generator leaves above first_row_used() never reaches the frame, at any box size; with
+    linear resizing the row at first_row_used() does reach it for some size (the margin is not too wide)."""
     import cv2
 
     comp = Compositor("feather", interpolation=getattr(cv2, interpolation))
@@ -300,18 +300,20 @@ def test_compositor_reads_no_row_above_first_row_used(interpolation):
     assert 40 <= first <= 47
     rng = np.random.default_rng(7)
     face = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    frame = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    frame = rng.integers(0, 256, (460, 460, 3), dtype=np.uint8)
     leaked_below = False
-    for w, h in [(37, 41), (60, 59), (96, 96), (97, 95), (150, 170), (333, 301), (80, 250)]:
+    sizes = [(w, h) for h in range(8, 401) for w in (h, 37 + h % 50)]  # every height, square and not
+    for w, h in sizes:
         box = (20, 30, 20 + w, 30 + h)
         want = comp.paste(frame.copy(), face, box)
         junk = face.copy()
         junk[:first] = 255 - junk[:first]
         assert np.array_equal(comp.paste(frame.copy(), junk, box), want), (w, h)
         junk = face.copy()
-        junk[: first + 8] = 255 - junk[: first + 8]
+        junk[: first + 1] = 255 - junk[: first + 1]
         leaked_below |= not np.array_equal(comp.paste(frame.copy(), junk, box), want)
-    assert leaked_below
+    if interpolation == "INTER_LINEAR":  # the engine's; elsewhere the first row's weight can round to nothing
+        assert leaked_below
     assert Compositor("box").first_row_used() == 0
 
 
