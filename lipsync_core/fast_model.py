@@ -33,17 +33,19 @@ class FoldedUnit(nn.Module):
     def __init__(self, unit: ConvUnit) -> None:
         super().__init__()
         conv, bn = unit.conv_block[0], unit.conv_block[1]
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        folded = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                            **({"output_padding": conv.output_padding}
-                               if isinstance(conv, nn.ConvTranspose2d) else {}))
         with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             # Conv2d weights are (out, in, kh, kw); ConvTranspose2d weights are (in, out, kh, kw).
             shape = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
-            folded.weight.copy_(conv.weight * scale.view(shape))
+            weight = conv.weight * scale.view(shape)
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-        self.conv = folded.to(conv.weight.device)
+            bias = (bias - bn.running_mean) * scale + bn.bias
+        extra = {"output_padding": conv.output_padding} if isinstance(conv, nn.ConvTranspose2d) else {}
+        with torch.device("meta"):  # no random init: both tensors are assigned next
+            folded = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                **extra)
+        folded.weight, folded.bias = nn.Parameter(weight, False), nn.Parameter(bias, False)
+        self.conv = folded
         self.residual = unit.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -295,7 +295,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Wav2Lip:
 
         device = pick_device(device)
     state = load_state_dict_checked(path)
-    model = Wav2Lip()
-    # strict=False only so an export without num_batches_tracked loads; everything else was checked above.
-    model.load_state_dict(state, strict=False)
+    # Built on the meta device and given the file's tensors (assign): no time spent on a random init that
+    # the checkpoint overwrites. Floats become float32 as a copy into a float32 model would make them.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    for key in expected_shapes():
+        if key.endswith("num_batches_tracked") and key not in state:  # some exports drop it; eval ignores it
+            state[key] = torch.tensor(0)
+    with torch.device("meta"):
+        model = Wav2Lip()
+    model.load_state_dict(state, assign=True)
     return model.to(device).eval()

@@ -102,6 +102,20 @@ def test_official_bare_and_legacy_round_trip(tmp_path_factory, model):
         assert torch.equal(model(mel, faces), load_model(bare)(mel, faces))
 
 
+def test_exports_without_bn_counters_or_in_half_precision_load(tmp_path, model):
+    """Some re-exports drop num_batches_tracked or store fp16; both load as float32 with every value kept."""
+    state = model.state_dict()
+    torch.save({k: v for k, v in state.items() if "num_batches" not in k}, tmp_path / "no_counters.pth")
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "half.pth")
+    for name in ("no_counters.pth", "half.pth"):
+        loaded = load_model(tmp_path / name)
+        assert not any(t.is_meta for t in loaded.state_dict().values())
+        for key, value in loaded.state_dict().items():
+            if value.is_floating_point():
+                assert value.dtype == torch.float32
+                assert torch.equal(value, state[key] if name == "no_counters.pth" else state[key].half().float())
+
+
 def test_wrong_architecture_is_named(tmp_path):
     # A SyncNet-like net: different module names, so everything is missing or unexpected.
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
