@@ -29,14 +29,15 @@ RUNTIME = [
     "numpy<2",
     # 4.11 fits numpy 1.x and still ships the Haar cascades (OpenCV 5 does not).
     "opencv-python>=4.8,<4.12",
-    "librosa>=0.10",
-    "scipy",
+    # librosa.load's resampler (the reference decoded audio with librosa.load).
+    "soxr>=0.3",
+    # S3FD's network definition.
     "face-alignment>=1.4",
-    "ffmpeg-python",
     "imageio-ffmpeg",
     "tqdm",
 ]
-DEV = ["pytest", "bpy==5.0.1", "ruff==0.17.6", "scikit-image"]  # ruff pinned: tests/test_lint.py runs it
+# ruff pinned: tests/test_lint.py runs it. librosa and scipy: the tests check the audio against them.
+DEV = ["pytest", "bpy==5.0.1", "ruff==0.17.6", "scikit-image", "librosa>=0.10", "scipy"]
 REQUIREMENTS_ENV = "LIPSYNC_SETUP_REQUIREMENTS"
 
 

@@ -40,6 +40,26 @@ def speech(media_dir):
     return path, A.load_audio(str(path))
 
 
+def test_mel_filterbank_is_librosas():
+    import librosa
+
+    want = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+    got = A._mel_basis()
+    assert got.shape == want.shape == (80, 401) and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    assert (got > 0).sum() == (want > 0).sum()
+
+
+def test_mel_needs_no_librosa():
+    """librosa costs a second to import; the engine builds the filterbank itself."""
+    import subprocess
+    import sys
+
+    code = "import sys; from lipsync_core import audio; audio._mel_basis(); print('librosa' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_mel_matches_reference_on_speech(speech):
     _, wav = speech
     assert len(wav) > 16000
