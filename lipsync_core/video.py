@@ -344,6 +344,9 @@ def probe_audio(path) -> AudioInfo:
 # ------------------------------------------------------------------------------------------------ reader
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 def _grow_pipe(fd: int, size: int) -> None:
     """Bigger pipe = fewer context switches per frame (Linux only; silently skipped elsewhere)."""
     try:
@@ -571,7 +574,7 @@ class VideoEncoder:
 
     def __init__(self, out_path, width: int, height: int, fps_rational: str, audio_path=None,
                  audio_start: float = 0.0, n_frames: int | None = None, crf: int = 18,
-                 preset: str = "veryfast", color_space: str | None = None, queue_frames: int = 8):
+                 preset: str = "superfast", color_space: str | None = None, queue_frames: int = 8):
         self.out_path = Path(out_path)
         folder = self.out_path.parent
         if not folder.is_dir():

@@ -102,6 +102,27 @@ def test_match_audio_cuts_video_to_audio(work):
     assert f": {n_chunks} frames, {n_chunks} lip-synced" in r.stderr  # the report counts the output's frames
 
 
+def test_encoding_options_reach_the_engine(work):
+    from lipsync_core.cli import build_parser, options_from_args
+    from lipsync_core.errors import LipsyncError
+    from lipsync_core.sync import SyncOptions, sync_clips
+
+    args = build_parser().parse_args(["sync", "v", "a", "-o", "o.mp4", "--checkpoint", "c",
+                                      "--crf", "23", "--x264-preset", "veryfast"])
+    o = options_from_args(args)
+    assert (o.crf, o.preset) == (23, "veryfast")
+    d = options_from_args(build_parser().parse_args(["sync", "v", "a", "-o", "o.mp4", "--checkpoint", "c"]))
+    assert (d.crf, d.preset) == (SyncOptions.crf, SyncOptions.preset) == (18, "superfast")
+    # the worker's path (options straight from a job): refused before anything runs
+    out = work["dir"] / "never.mp4"
+    clips = [{"start_frame": 0, "end_frame": 10, "audio_start": 0.0, "output": str(out), "face": True}]
+    with pytest.raises(LipsyncError, match="unknown x264 preset 'turbo'"):
+        sync_clips(str(work["clip"]), str(work["speech"]), str(work["ckpt"]), clips, SyncOptions(preset="turbo"))
+    with pytest.raises(LipsyncError, match="crf 99 is out of range"):
+        sync_clips(str(work["clip"]), str(work["speech"]), str(work["ckpt"]), clips, SyncOptions(crf=99))
+    assert not out.exists()
+
+
 def bad(work, *args, expect):
     out = work["dir"] / "bad_out.mp4"
     r = run_cli(*[out if a == "OUT" else a for a in args])
@@ -127,6 +148,8 @@ def test_bad_inputs(work, tmp_path):
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "0-2,1-3", expect="overlap")
     r = run_cli("sync", c, s, "-o", tmp_path / "missing" / "o.mp4", "--checkpoint", k)
     assert r.returncode == 2 and "does not exist" in r.stderr
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--crf", "52", expect="from 0 (lossless) to 51")
+    bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--x264-preset", "turbo", expect="invalid choice")
     # the no-face middle part (1.6-2.8 s) given as a face range: no face is ever found there
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "1.7-2.7", "--detector", "opencv",
         expect="no face was found in 1.7")

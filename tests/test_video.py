@@ -266,6 +266,17 @@ def test_encoder_frame_count_differs_from_n_frames(clips, tmp_path):
     assert abs(len(audio_samples(out)) / 48000 - 30 / 25) <= AAC_FRAME
 
 
+@pytest.mark.parametrize("preset,crf,mark", [(None, None, b"subme=1 "), ("ultrafast", 30, b"cabac=0 ")])
+def test_encoder_preset_and_crf_reach_x264(tmp_path, preset, crf, mark):
+    """x264 writes its settings into the stream: the default (superfast, crf 18) and a chosen pair both land."""
+    frame = np.zeros((64, 64, 3), np.uint8)
+    kwargs = {k: v for k, v in (("preset", preset), ("crf", crf)) if v is not None}
+    with VideoEncoder(tmp_path / "p.mp4", 64, 64, "25", n_frames=3, **kwargs) as enc:
+        enc.write_many(np.stack([frame] * 3))
+    data = (tmp_path / "p.mp4").read_bytes()
+    assert f"crf={crf or 18}.0".encode() in data and mark in data
+
+
 def test_encoder_odd_size(tmp_path):
     yy, xx = np.mgrid[0:41, 0:61]
     frame = np.repeat((xx * 3 + yy * 2)[..., None], 3, axis=2).astype(np.uint8)  # grey: no chroma loss
