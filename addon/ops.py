@@ -11,6 +11,7 @@ from __future__ import annotations
 import bpy
 
 from . import apply, compat, jobs, setup_ops, snapshot, weights_ops
+from .modal import BlockingOrModal
 from .pipeline import Outcome, Pipeline
 from .plan import PlanError, precheck
 
@@ -94,7 +95,7 @@ def _tag_redraw(context) -> None:
             area.tag_redraw()
 
 
-class _JobOperator:
+class _JobOperator(BlockingOrModal):
     command = "sync"
 
     @classmethod
@@ -117,14 +118,6 @@ class _JobOperator:
         outcome = pipe.run()
         result, level, msg = conclude(context, pipe, outcome)
         self.report({level}, msg)
-        return result
-
-    def invoke(self, context, event):
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        result = self._begin(context)
-        if result == {"RUNNING_MODAL"}:
-            context.window_manager.modal_handler_add(self)
         return result
 
     def _begin(self, context):

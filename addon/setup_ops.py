@@ -24,6 +24,7 @@ import bpy
 from bpy.props import StringProperty
 
 from . import engine, prefs
+from .modal import BlockingOrModal
 
 TIMER_S = 0.2
 KILL_AFTER_S = 5.0  # a cancelled helper gets this long after SIGTERM before it is killed
@@ -333,7 +334,7 @@ def redraw_preferences(context=None) -> None:
                 area.tag_redraw()
 
 
-class HelperOperator:
+class HelperOperator(BlockingOrModal):
     """Shared by Set up engine and Download weights: blocking in execute(), modal with a timer from invoke()."""
 
     @classmethod
@@ -361,14 +362,6 @@ class HelperOperator:
         finally:
             current = None
         return self._conclude(context, task, outcome)
-
-    def invoke(self, context, event):
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        result = self._begin(context)
-        if result == {"RUNNING_MODAL"}:
-            context.window_manager.modal_handler_add(self)
-        return result
 
     def _begin(self, context):
         global current

@@ -347,6 +347,17 @@ def probe_audio(path) -> AudioInfo:
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
+def _start_ffmpeg(cmd: list[str], stdin, stdout):
+    """A streaming ffmpeg with its stderr in a temporary file (read back for the error message), unbuffered
+    pipes; LipsyncError if the binary cannot start."""
+    stderr = tempfile.TemporaryFile()
+    try:
+        return subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, bufsize=0), stderr
+    except OSError as exc:
+        stderr.close()
+        raise LipsyncError(f"could not start ffmpeg ({cmd[0]}): {exc}") from exc
+
+
 def _grow_pipe(fd: int, size: int) -> None:
     """Bigger pipe = fewer context switches per frame (Linux only; silently skipped elsewhere)."""
     try:
@@ -376,13 +387,7 @@ class _Decoder:
 
     def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int):
         self.shape, self.n, self.path = shape, n, path
-        self.stderr = tempfile.TemporaryFile()
-        try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=self.stderr, bufsize=0)
-        except OSError as exc:
-            self.stderr.close()
-            raise LipsyncError(f"could not start ffmpeg ({cmd[0]}): {exc}") from exc
+        self.proc, self.stderr = _start_ffmpeg(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         _grow_pipe(self.proc.stdout.fileno(), 1 << 20)
         self.stop = threading.Event()
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -613,13 +618,7 @@ class VideoEncoder:
         cmd += ["-vf", ",".join(self._video_filters(color_space)), *self._color_tags(color_space),
                 "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
                 *_passthrough_args(cmd[0]), *self._mux_args(final=self._one_pass), str(target)]
-        self._stderr = tempfile.TemporaryFile()
-        try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=self._stderr, bufsize=0)
-        except OSError as exc:
-            self._stderr.close()
-            raise LipsyncError(f"could not start ffmpeg ({cmd[0]}): {exc}") from exc
+        self._proc, self._stderr = _start_ffmpeg(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         _grow_pipe(self._proc.stdin.fileno(), 1 << 20)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_frames))
         self._thread = threading.Thread(target=self._pump, args=(self._proc.stdin, self._queue),

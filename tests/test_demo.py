@@ -7,18 +7,16 @@ tools.demo --quick --untrained` exactly as build.py does, with its own user fold
 # ruff: noqa: F811  (pytest fixtures imported from blender_env come back as test arguments)
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import bpy
 import numpy as np
 import pytest
+from mirror import serve_wav2lip
 
 import blender_env as be  # first: bpy with a temporary user folder
 from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
@@ -120,26 +118,10 @@ def test_untrained_flag_and_bad_explicit_checkpoint(tmp_path, monkeypatch, check
     assert demo.find_checkpoint(tmp_path, explicit=Path(checkpoint)).trained
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def mirror(tmp_path, checkpoint, monkeypatch):
     """A local weights mirror on 127.0.0.1 serving a random-weight wav2lip.pth (LIPSYNC_WEIGHTS_MIRRORS)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    shutil.copy(checkpoint, served / "wav2lip.pth")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("LIPSYNC_WEIGHTS_MIRRORS", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    yield served
-    server.shutdown()
-    server.server_close()
+    yield from serve_wav2lip(tmp_path, checkpoint, monkeypatch)
 
 
 def test_download_runs_the_weights_cli(mirror, tmp_path):

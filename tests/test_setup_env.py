@@ -10,9 +10,7 @@ tests replace.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import http.server
 import json
 import os
 import subprocess
@@ -26,6 +24,7 @@ from types import SimpleNamespace
 
 import bpy
 import pytest
+from mirror import serve_wav2lip
 
 import blender_env as be  # first: bpy with a temporary user folder
 from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
@@ -305,26 +304,11 @@ def test_setup_engine_escape_cancels_and_stops_the_process(saved_prefs, tmp_path
 # ---------------------------------------------------------------------------- the add-on's Download Weights
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def mirror(tmp_path, checkpoint, monkeypatch):
     """A weights mirror on 127.0.0.1 with a random-weight wav2lip.pth (wav2lip has no recorded size or sha256,
     so the download is checked by structure; the built-in internet mirrors come after this one)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "wav2lip.pth").write_bytes(Path(checkpoint).read_bytes())
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("LIPSYNC_WEIGHTS_MIRRORS", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    yield served
-    server.shutdown()
-    server.server_close()
+    yield from serve_wav2lip(tmp_path, checkpoint, monkeypatch)
 
 
 @pytest.fixture
