@@ -15,7 +15,7 @@ import subprocess
 import numpy as np
 
 from .errors import LipsyncError
-from .tools import ffmpeg_exe
+from .media import ffmpeg_exe, probe_audio
 
 SAMPLE_RATE = 16000
 N_FFT = 800
@@ -44,7 +44,8 @@ def load_audio(path: str, sr: int = SAMPLE_RATE, offset: float = 0.0, duration: 
 
     if not os.path.isfile(path):
         raise LipsyncError(f"audio file not found: {path}")
-    native_sr, channels = _audio_format(path)
+    info = probe_audio(path)  # LipsyncError when the file is unreadable or has no sound
+    native_sr, channels = info.sample_rate or sr, max(info.channels, 1)
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
     if offset > 0:
         args += ["-ss", f"{offset:.6f}"]
@@ -70,37 +71,6 @@ def load_audio(path: str, sr: int = SAMPLE_RATE, offset: float = 0.0, duration: 
         n = int(round(duration * sr))
         wav = wav[:n] if len(wav) >= n else np.pad(wav, (0, n - len(wav)))
     return wav
-
-
-def _audio_format(path: str) -> tuple[int, int]:
-    """(sample_rate, channels) of the first audio stream; LipsyncError if there is none."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True)
-    text = proc.stderr.decode("utf-8", "replace")
-    import re
-
-    for line in text.splitlines():
-        if "Stream #" in line and "Audio:" in line:
-            m = re.search(r"(\d+) Hz", line)
-            rate = int(m.group(1)) if m else SAMPLE_RATE
-            spec = line.split("Hz", 1)[1] if "Hz" in line else ""
-            channels = 1 if ", mono" in spec else 2 if ", stereo" in spec else _channel_count(spec)
-            return rate, channels
-    if "Invalid data" in text or "could not find codec" in text.lower():
-        raise LipsyncError(f"{path} is not an audio or video file ffmpeg can read")
-    raise LipsyncError(f"{path} has no audio stream: give a file with sound (wav, mp3, m4a, or a video with audio)")
-
-
-def _channel_count(spec: str) -> int:
-    import re
-
-    m = re.search(r"(\d+) channels", spec)
-    if m:
-        return int(m.group(1))
-    layouts = {"5.1": 6, "7.1": 8, "quad": 4, "2.1": 3, "4.0": 4, "5.0": 5, "6.1": 7}
-    for name, n in layouts.items():
-        if f", {name}" in spec:
-            return n
-    return 2
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:

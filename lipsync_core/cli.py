@@ -23,8 +23,8 @@ def _crf(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .media import X264_PRESETS
     from .sync import SyncOptions
-    from .video import X264_PRESETS
 
     d = SyncOptions()
     p = argparse.ArgumentParser(prog="python -m lipsync_core",

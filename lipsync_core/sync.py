@@ -69,7 +69,7 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     from .faces import cache
     from .faces.detectors import get_detector
     from .faces.track import track_faces
-    from .video import FrameReader, probe
+    from .media import FrameReader, probe
 
     info = info or probe(video)
     progress = progress or Progress()
@@ -113,7 +113,7 @@ def presence(track) -> np.ndarray:
 def find_segments(video: str, opts: SyncOptions | None = None, start_frame: int = 0, end_frame: int | None = None,
                   progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
     """Face / no-face segments of frames [start_frame, end_frame) (source frames), as the CLI's JSON."""
-    from .video import probe
+    from .media import probe
 
     opts = opts or SyncOptions()
     info = probe(video)
@@ -200,7 +200,7 @@ class Engine:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
-        from .video import VideoEncoder
+        from .media import VideoEncoder
 
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
@@ -279,7 +279,7 @@ class Engine:
 
 def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock):
     """Decode the requested source frames in order; a looped clip (--match audio) re-opens the stream."""
-    from .video import FrameReader
+    from .media import FrameReader
 
     if contiguous:
         runs = [(int(frames[0]), int(frames[-1]) + 1)]
@@ -350,7 +350,7 @@ def resolve_segments(video: str, info, opts: SyncOptions, progress: Progress, ca
 def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions | None = None,
          progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
     """Lip-sync `video` to `audio` into `output` (H.264 + AAC). Returns a report (segments, timings...)."""
-    from .video import probe, probe_audio
+    from .media import probe, probe_audio
 
     opts = opts or SyncOptions()
     progress = progress or Progress()
@@ -402,7 +402,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     clip: {"start_frame", "end_frame" (source frames, end exclusive), "audio_start" (seconds in the audio
     file for the clip's first frame), "output", "face" (lip-sync it, or only replace its sound)}.
     """
-    from .video import probe, probe_audio
+    from .media import probe, probe_audio
 
     opts = opts or SyncOptions()
     progress = progress or Progress()
@@ -451,7 +451,7 @@ def _check_output(output: str, inputs: list[str]) -> None:
 
 
 def _check_encoding(opts: SyncOptions) -> None:
-    from .video import X264_PRESETS
+    from .media import X264_PRESETS
 
     if opts.preset not in X264_PRESETS:
         raise LipsyncError(f"unknown x264 preset {opts.preset!r}: use one of {', '.join(X264_PRESETS)}")

@@ -101,18 +101,18 @@ def lipsync_addon():
 @pytest.fixture(scope="session")
 def made_media(tmp_path_factory):
     """clip.mp4 (face / no face / face, its own sound a 440 Hz tone), speech.wav (the new dialogue)."""
-    import media
+    from tools import sample_media
 
     d = tmp_path_factory.mktemp("addon_media")
-    tone = media.tone_wav(d / "tone.wav", CLIP_FRAMES / 25 + 0.5, TONE_HZ)
-    media.face_noface_face_clip(d / "clip.mp4", FACE1, NOFACE, FACE2, audio=tone)
-    media.speech_wav(d / "speech.wav", seconds=CLIP_FRAMES / 25)
+    tone = sample_media.tone_wav(d / "tone.wav", CLIP_FRAMES / 25 + 0.5, TONE_HZ)
+    sample_media.face_noface_face_clip(d / "clip.mp4", FACE1, NOFACE, FACE2, audio=tone)
+    sample_media.speech_wav(d / "speech.wav", seconds=CLIP_FRAMES / 25)
     return d
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
-    from ckpt import write_random_checkpoint
+    from tools.random_weights import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random_wav2lip.pth")
 

@@ -138,7 +138,7 @@ def _render(scene, out_dir: Path) -> Path:
 
 
 def _decode_audio(path: Path, sr: int = 16000) -> np.ndarray:
-    from lipsync_core.tools import ffmpeg_exe
+    from lipsync_core.media import ffmpeg_exe
 
     raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(sr), "-f", "f32le",
                           "-"], capture_output=True, check=True).stdout
@@ -146,7 +146,7 @@ def _decode_audio(path: Path, sr: int = 16000) -> np.ndarray:
 
 
 def _count_frames(path: Path) -> int:
-    from lipsync_core.tools import ffmpeg_exe
+    from lipsync_core.media import ffmpeg_exe
 
     out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:v", "-f", "framemd5", "-"],
                          capture_output=True, text=True, check=True).stdout

@@ -5,9 +5,9 @@ import pytest
 import scipy.io.wavfile
 import scipy.signal
 
-import media
 from lipsync_core import audio as A
 from lipsync_core.errors import LipsyncError
+from tools import sample_media
 
 
 def reference_mel(wav, pad_mode="reflect"):
@@ -36,7 +36,7 @@ def reference_chunks(mel, fps):
 
 @pytest.fixture(scope="module")
 def speech(media_dir):
-    path = media.speech_wav(media_dir / "speech16k.wav")
+    path = sample_media.speech_wav(media_dir / "speech16k.wav")
     return path, A.load_audio(str(path))
 
 
@@ -147,7 +147,7 @@ def test_load_audio_resamples_and_downmixes_like_librosa(tmp_path):
 
 
 def test_load_audio_offset_duration_and_video_track(tmp_path):
-    path = media.tone_wav(tmp_path / "tone.wav", 2.0, sr=16000)
+    path = sample_media.tone_wav(tmp_path / "tone.wav", 2.0, sr=16000)
     full = A.load_audio(str(path))
     late = A.load_audio(str(path), offset=0.5, duration=1.0)
     assert len(late) == 16000
@@ -156,7 +156,7 @@ def test_load_audio_offset_duration_and_video_track(tmp_path):
     assert np.all(early[:4000] == 0) and np.abs(early[4000:] - full[:12000]).max() < 1e-6
     past = A.load_audio(str(path), offset=1.5, duration=1.0)
     assert len(past) == 16000 and np.all(past[8000:] == 0)
-    clip = media.write_video(tmp_path / "v.mp4", media.noface_frames(25), audio=path)
+    clip = sample_media.write_video(tmp_path / "v.mp4", sample_media.noface_frames(25), audio=path)
     sound = A.load_audio(str(clip))
     assert 0.9 * 16000 < len(sound) < 1.1 * 16000 and np.abs(sound).max() > 0.1
 
@@ -164,7 +164,7 @@ def test_load_audio_offset_duration_and_video_track(tmp_path):
 def test_load_audio_errors(tmp_path):
     with pytest.raises(LipsyncError, match="not found"):
         A.load_audio(str(tmp_path / "missing.wav"))
-    silent = media.write_video(tmp_path / "silent.mp4", media.noface_frames(5))
+    silent = sample_media.write_video(tmp_path / "silent.mp4", sample_media.noface_frames(5))
     with pytest.raises(LipsyncError, match="no audio stream"):
         A.load_audio(str(silent))
     junk = tmp_path / "junk.wav"

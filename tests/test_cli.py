@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-import media
-from ckpt import write_random_checkpoint
 from lipsync_core import audio as A
-from lipsync_core.video import FrameReader, probe
+from lipsync_core.media import FrameReader, probe
+from tools import sample_media
+from tools.random_weights import write_random_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N1, N0, N2 = 40, 30, 40  # face, no face, face frames
@@ -29,9 +29,9 @@ def run_cli(*args, timeout=600):
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     os.environ["LIPSYNC_TEST_CACHE"] = str(d / "cache")
-    tone = media.tone_wav(d / "own.wav", 5.0, freq=300)
-    clip = media.face_noface_face_clip(d / "clip.mp4", N1, N0, N2, audio=tone)
-    speech = media.speech_wav(d / "speech.wav", seconds=4.0)
+    tone = sample_media.tone_wav(d / "own.wav", 5.0, freq=300)
+    clip = sample_media.face_noface_face_clip(d / "clip.mp4", N1, N0, N2, audio=tone)
+    speech = sample_media.speech_wav(d / "speech.wav", seconds=4.0)
     ckpt = write_random_checkpoint(d / "wav2lip_random.pth")
     return {"dir": d, "clip": clip, "speech": speech, "ckpt": ckpt, "tone": tone}
 
@@ -92,7 +92,7 @@ def test_sync_end_to_end(work):
 
 
 def test_match_audio_cuts_video_to_audio(work):
-    short = media.speech_wav(work["dir"] / "short.wav", text="Short line.", seconds=2.0)
+    short = sample_media.speech_wav(work["dir"] / "short.wav", text="Short line.", seconds=2.0)
     out = work["dir"] / "short.mp4"
     r = run_cli("sync", work["clip"], short, "-o", out, "--checkpoint", work["ckpt"], "--segments", "all",
                 "--box", 100, 60, 220, 200, "--match", "audio")
@@ -137,7 +137,7 @@ def test_bad_inputs(work, tmp_path):
     c, s, k = work["clip"], work["speech"], work["ckpt"]
     bad(work, "sync", tmp_path / "nope.mp4", s, "-o", "OUT", "--checkpoint", k, expect="not found")
     bad(work, "sync", s, s, "-o", "OUT", "--checkpoint", k, expect="no video stream")
-    silent = media.write_video(tmp_path / "silent.mp4", media.noface_frames(10))
+    silent = sample_media.write_video(tmp_path / "silent.mp4", sample_media.noface_frames(10))
     bad(work, "sync", c, silent, "-o", "OUT", "--checkpoint", k, expect="no audio stream")
     trunc = tmp_path / "trunc.pth"
     trunc.write_bytes(open(k, "rb").read()[:100000])

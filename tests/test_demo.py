@@ -20,7 +20,7 @@ from mirror import serve_wav2lip
 
 import blender_env as be  # first: bpy with a temporary user folder
 from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
-from lipsync_core import video
+from lipsync_core import media
 from tools import demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,18 +40,18 @@ def _no_download(name, dest):
 
 def test_material_face_cutaway_face_with_own_sound_and_a_line(material):
     m = material
-    info = video.probe(m.clip)
+    info = media.probe(m.clip)
     assert (info.width, info.height, info.fps, info.frames) == (m.width, m.height, 25.0, m.frames)
     assert info.has_audio
     assert m.frames == m.face1 + m.noface + (m.frames - m.face1 - m.noface)
     assert m.frames >= (demo.LEAD_S + m.line_seconds) * 25  # the whole line fits under the clip
-    assert video.probe_audio(m.line).duration == pytest.approx(m.line_seconds, abs=0.05) and m.line_seconds > 1.0
+    assert media.probe_audio(m.line).duration == pytest.approx(m.line_seconds, abs=0.05) and m.line_seconds > 1.0
     assert m.line_source == ("espeak-ng" if demo.espeak() else "assets/demo_line.opus")
     # the parts are what they claim: a face in each face part, none in the cutaway (the detector the engine
     # falls back to without S3FD weights)
     from lipsync_core.faces.detectors import get_detector
 
-    with video.FrameReader(m.clip) as reader:
+    with media.FrameReader(m.clip) as reader:
         frames = list(reader)
     assert len(frames) == m.frames
     det = get_detector("opencv")
@@ -64,9 +64,9 @@ def test_line_without_espeak_is_the_projects_recording(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "espeak", lambda: None)
     path, source = demo.make_line(tmp_path / "line.wav", "ignored")
     assert source == "assets/demo_line.opus"
-    assert video.probe_audio(path).duration == pytest.approx(7.1, abs=0.2)
+    assert media.probe_audio(path).duration == pytest.approx(7.1, abs=0.2)
     own = demo.make_own_sound(tmp_path / "own.wav", 2.0)  # a soft tone instead of a second voice
-    assert video.probe_audio(own).duration == pytest.approx(2.0, abs=0.05)
+    assert media.probe_audio(own).duration == pytest.approx(2.0, abs=0.05)
 
 
 # ---------------------------------------------------------------------------- 2. weights
@@ -204,8 +204,8 @@ def test_small_full_demo_in_its_own_process(tmp_path):
 
     movie = out / "demo.mp4"
     info = demo.media_info(movie)
-    clip = video.probe(out / "demo_clip.mp4")
-    from lipsync_core.tools import ffprobe_exe
+    clip = media.probe(out / "demo_clip.mp4")
+    from lipsync_core.media import ffprobe_exe
 
     if ffprobe_exe() is not None:  # codec names need ffprobe (imageio-ffmpeg ships ffmpeg alone)
         assert info["video"] == "h264" and info["audio"] == "aac"
@@ -213,7 +213,7 @@ def test_small_full_demo_in_its_own_process(tmp_path):
     assert (info["width"], info["height"], info["frames"]) == (clip.width, clip.height, clip.frames)
 
     # the notice is on the picture: yellow text on a dark box along the bottom, over every part
-    from lipsync_core.tools import ffmpeg_exe
+    from lipsync_core.media import ffmpeg_exe
 
     w, h = clip.width, clip.height
     raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(movie), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],

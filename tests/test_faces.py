@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import media
 from lipsync_core.errors import Cancelled, LipsyncError
 from lipsync_core.faces import cache, detectors
 from lipsync_core.faces.detectors import OpenCVDetector, SFDDetector, get_detector
@@ -25,6 +24,7 @@ from lipsync_core.faces.track import (
     track_faces,
 )
 from lipsync_core.progress import CancelToken, Progress
+from tools import sample_media
 
 # the astronaut's face in skimage's 512x512 photo, drawn by hand: forehead to chin, cheek to cheek
 ASTRONAUT_FACE = np.array([175, 70, 275, 178], np.float64)
@@ -167,7 +167,7 @@ def test_opencv_finds_the_astronaut(haar):
 def test_opencv_no_face(haar):
     from skimage import data
 
-    pictures = [cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), *media.noface_frames(3)]
+    pictures = [cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), *sample_media.noface_frames(3)]
     for d in haar.detect(pictures):
         assert d.shape == (0, 5) and d.dtype == np.float32
 
@@ -381,7 +381,7 @@ def test_scale_maps_back_and_progress_and_cancel():
 
 
 def test_detect_every_5_matches_every_frame(haar):
-    frames = list(media.astronaut_frames(41))
+    frames = list(sample_media.astronaut_frames(41))
     det = Precomputed(haar)
     every = track_faces(frames, det)
     det.calls = 0
@@ -394,7 +394,7 @@ def test_detect_every_5_matches_every_frame(haar):
 
 def test_opencv_near_search_gives_the_whole_frame_box(haar):
     """Scanning only window sizes near the face's size finds the same box a whole-frame scan finds."""
-    frames = list(media.astronaut_frames(12, 480, 360)) + [astronaut_bgr()]
+    frames = list(sample_media.astronaut_frames(12, 480, 360)) + [astronaut_bgr()]
     for f in frames:
         whole = haar.detect([f])[0]
         assert len(whole) >= 1
@@ -402,12 +402,12 @@ def test_opencv_near_search_gives_the_whole_frame_box(haar):
         near = haar.detect_near([f], [box])[0]
         np.testing.assert_array_equal(near[0], whole[0])
     # nothing of that size there: nothing found (the tracker then looks at the whole frame)
-    assert len(haar.detect_near([media.noface_frames(1)[0]], [np.array([100, 60, 200, 160])])[0]) == 0
+    assert len(haar.detect_near([sample_media.noface_frames(1)[0]], [np.array([100, 60, 200, 160])])[0]) == 0
 
 
 def test_fast_path_scans_far_fewer_pixels(monkeypatch):
     """Counts the pixels the Haar cascade scans (its image pyramid) instead of timing anything."""
-    frames = list(media.astronaut_frames(50, 480, 270))  # 480 px: the analysis pass's default width
+    frames = list(sample_media.astronaut_frames(50, 480, 270))  # 480 px: the analysis pass's default width
     scans, tracks = {}, {}
     for name, kw in {"every": {}, "every 5th, whole frames": {"detect_every": 5}, "fast": {"detect_every": 5}}.items():
         det = OpenCVDetector()
@@ -477,8 +477,8 @@ def test_sfd_searches_small_crops_near_the_face(random_s3fd):
 
 def test_detect_every_keeps_face_boundaries_exact(haar):
     # 23 face, 17 no face, 21 face: both cuts fall between keyframes
-    frames = list(np.concatenate([media.astronaut_frames(23), media.noface_frames(17),
-                                  media.astronaut_frames(21)[::-1]]))
+    frames = list(np.concatenate([sample_media.astronaut_frames(23), sample_media.noface_frames(17),
+                                  sample_media.astronaut_frames(21)[::-1]]))
     det = Precomputed(haar)
     every = track_faces(frames, det)
     truth = np.r_[np.ones(23, bool), np.zeros(17, bool), np.ones(21, bool)]
@@ -493,7 +493,7 @@ def test_detect_every_keeps_face_boundaries_exact(haar):
 
 def analysis_frames(path, width: int = 480):
     """The clip decoded as the analysis pass decodes it (sync.analyze_faces), and the scale."""
-    from lipsync_core.video import FrameReader, probe
+    from lipsync_core.media import FrameReader, probe
 
     info = probe(path)
     w = min(width, info.width)
@@ -599,7 +599,7 @@ def test_track_json_roundtrip():
 
 def test_cache_hits_same_file_misses_changed_file(tmp_path, monkeypatch):
     monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "cache"))
-    video = media.write_video(tmp_path / "v.mp4", media.astronaut_frames(5))
+    video = sample_media.write_video(tmp_path / "v.mp4", sample_media.astronaut_frames(5))
     settings = {"detector": "opencv", "scale": 0.5, "detect_every": 5, "select": "largest", "range": [0, 5]}
     track = FaceTrack(np.array([[1, 2, 3, 4]] * 4 + [[np.nan] * 4], np.float32), [0.5] * 4 + [np.nan], 320, 240)
     assert cache.load_track(video, settings) is None

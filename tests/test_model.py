@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt import cached_random_model, reference_predict, shared_checkpoint, write_random_checkpoint
 from lipsync_core import device as dev
 from lipsync_core import fast_model
 from lipsync_core.composite import Compositor
@@ -21,6 +20,7 @@ from lipsync_core.model import (
     expected_shapes,
     load_model,
 )
+from tools.random_weights import cached_random_model, reference_predict, shared_checkpoint, write_random_checkpoint
 
 
 @pytest.fixture(scope="module")

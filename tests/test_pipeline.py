@@ -4,13 +4,13 @@ same frames as a plain frame-by-frame loop."""
 import numpy as np
 import pytest
 
-import media
-from ckpt import reference_predict, shared_checkpoint
 from lipsync_core import audio as A
-from lipsync_core import video as V
+from lipsync_core import media
 from lipsync_core.composite import Compositor
 from lipsync_core.model import load_model
 from lipsync_core.sync import Engine, SyncOptions, _crop96
+from tools import sample_media
+from tools.random_weights import reference_predict, shared_checkpoint
 
 BOX = (100, 60, 220, 200)
 
@@ -35,8 +35,8 @@ class CapturingEncoder:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("pipeline")
-    clip = media.face_noface_face_clip(d / "clip.mp4", 12, 7, 13)
-    speech = media.speech_wav(d / "s.wav", seconds=2.0)
+    clip = sample_media.face_noface_face_clip(d / "clip.mp4", 12, 7, 13)
+    speech = sample_media.speech_wav(d / "s.wav", seconds=2.0)
     ckpt = shared_checkpoint(tmp_path_factory, "official", 0)
     return clip, speech, ckpt
 
@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
 def plain(clip, info, order, boxes, mel, ckpt):
     """Frame by frame, with the plain network computing the whole face as the reference does."""
     net = load_model(ckpt)
-    frames = list(V.FrameReader(str(clip)))
+    frames = list(media.FrameReader(str(clip)))
     comp = Compositor("feather")
     out = []
     for k, src in enumerate(order):
@@ -61,8 +61,8 @@ def plain(clip, info, order, boxes, mel, ckpt):
 def test_fast_path_equals_plain_loop(setup, monkeypatch, looped):
     clip, speech, ckpt = setup
     monkeypatch.setenv("LIPSYNC_PRECISION", "fp32")
-    monkeypatch.setattr(V, "VideoEncoder", CapturingEncoder)
-    info = V.probe(str(clip))
+    monkeypatch.setattr(media, "VideoEncoder", CapturingEncoder)
+    info = media.probe(str(clip))
     order = np.arange(45) % info.frames if looped else np.arange(info.frames)  # --match audio loops the video
     has_face = np.isin(order, np.r_[0:12, 19:32])
     boxes = np.where(has_face[:, None], np.array(BOX, np.int32), -1).astype(np.int32)

@@ -9,26 +9,26 @@ import subprocess
 import numpy as np
 import pytest
 
-import media
 from lipsync_core.errors import LipsyncError
 from lipsync_core.faces.detectors import OpenCVDetector
 from lipsync_core.faces.track import track_faces
+from lipsync_core.media import ffmpeg_exe
 from lipsync_core.segments import Segment, all_face, parse_ranges, segments_from_presence, segments_to_dict
-from lipsync_core.tools import ffmpeg_exe
+from tools import sample_media
 
 
 def S(a, b, face):
     return Segment(a, b, face)
 
 
-def decode(path, w=media.W, h=media.H):
+def decode(path, w=sample_media.W, h=sample_media.H):
     raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
                          capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
 
 
 def test_segments_of_a_face_noface_face_clip(media_dir):
-    clip = media.face_noface_face_clip(media_dir / "fnf.mp4", 40, 30, 40)
+    clip = sample_media.face_noface_face_clip(media_dir / "fnf.mp4", 40, 30, 40)
     frames = decode(clip)
     assert len(frames) == 110
     track = track_faces(iter(frames), OpenCVDetector(), detect_every=5, total=len(frames))

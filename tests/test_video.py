@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_core import tools
 from lipsync_core.errors import LipsyncError
-from lipsync_core.video import _SWS_FLAGS, FrameReader, VideoEncoder, _passthrough_args, probe, probe_audio
-from media import astronaut_frames, tone_wav, write_video
+from lipsync_core.media import FrameReader, VideoEncoder, probe, probe_audio
+from lipsync_core.media import ffmpeg as ffbin
+from lipsync_core.media.ffmpeg import SWS_FLAGS, passthrough_args
+from tools.sample_media import astronaut_frames, tone_wav, write_video
 
 AAC_FRAME = 1024 / 48000
 
@@ -25,20 +26,20 @@ def stamped_frames(n: int) -> np.ndarray:
 
 
 def ff(*args: str) -> None:
-    subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+    subprocess.run([ffbin.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
 def decode_all(path) -> np.ndarray:
     """Reference: every frame of a full decode, independent of FrameReader."""
-    out = subprocess.run([tools.ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:V:0",
-                          *_passthrough_args(tools.ffmpeg_exe()), "-sws_flags", _SWS_FLAGS,
+    out = subprocess.run([ffbin.ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:V:0",
+                          *passthrough_args(ffbin.ffmpeg_exe()), "-sws_flags", SWS_FLAGS,
                           "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], capture_output=True, check=True)
     info = probe(path)
     return np.frombuffer(out.stdout, np.uint8).reshape(-1, info.height, info.width, 3)
 
 
 def audio_samples(path) -> np.ndarray:
-    out = subprocess.run([tools.ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
+    out = subprocess.run([ffbin.ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
                           "-ac", "1", "-ar", "48000", "-"], capture_output=True, check=True)
     return np.frombuffer(out.stdout, np.float32)
 
@@ -51,8 +52,8 @@ def onset(samples: np.ndarray) -> float | None:
 @pytest.fixture(params=["ffprobe", "no-ffprobe"])
 def probe_mode(request, monkeypatch):
     if request.param == "no-ffprobe":
-        monkeypatch.setattr(tools, "ffprobe_exe", lambda: None)
-    elif tools.ffprobe_exe() is None:
+        monkeypatch.setattr(ffbin, "ffprobe_exe", lambda: None)
+    elif ffbin.ffprobe_exe() is None:
         pytest.skip("no ffprobe on this machine")
     return request.param
 
@@ -76,7 +77,7 @@ def clips(tmp_path_factory):
     ff("-ss", "0.9", "-i", str(c["ntsc"]), "-c", "copy", str(d / "cut.mp4"))
     # variable frame rate: 25 fps, then 50 fps (readers must not seek by time)
     ff("-i", str(c["ntsc"]), "-vf", "setpts='if(lt(N,30),N/25,30/25+(N-30)/50)/TB'",
-       *_passthrough_args(tools.ffmpeg_exe()), "-enc_time_base", "1:1000", "-c:v", "libx264",
+       *passthrough_args(ffbin.ffmpeg_exe()), "-enc_time_base", "1:1000", "-c:v", "libx264",
        "-preset", "ultrafast", str(d / "vfr.mp4"))
     c["mkv"], c["ts"], c["cut"], c["vfr"] = d / "ntsc.mkv", d / "ntsc.ts", d / "cut.mp4", d / "vfr.mp4"
     return c
@@ -158,7 +159,7 @@ def test_reader_frame_exact(clips, key):
 
 
 def test_reader_without_ffprobe(clips, monkeypatch):
-    monkeypatch.setattr(tools, "ffprobe_exe", lambda: None)
+    monkeypatch.setattr(ffbin, "ffprobe_exe", lambda: None)
     full = decode_all(clips["mkv"])
     with FrameReader(clips["mkv"], start_frame=31, end_frame=40) as r:
         assert len(r) == 9
@@ -339,7 +340,7 @@ def test_colour_round_trip_is_lossless_in_luma(clips, tmp_path, tag):
     assert probe(tmp_path / "rt.mp4").color_space == tag
 
     def luma(path):
-        out = subprocess.run([tools.ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", "8",
+        out = subprocess.run([ffbin.ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", "8",
                               "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True)
         return np.frombuffer(out.stdout, np.uint8).astype(int)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ckpt import shared_checkpoint
 from lipsync_core import weights as w
 from lipsync_core.errors import LipsyncError
+from tools.random_weights import shared_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-import media
-from ckpt import write_random_checkpoint
-from lipsync_core.video import probe
+from lipsync_core.media import probe
+from tools import sample_media
+from tools.random_weights import write_random_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,8 +38,9 @@ def events_of(proc, job, cancel_after_progress=False):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("worker")
-    clip = media.face_noface_face_clip(d / "clip.mp4", 30, 20, 30, audio=media.tone_wav(d / "t.wav", 4, 300))
-    return {"dir": d, "clip": clip, "speech": media.speech_wav(d / "s.wav", seconds=4.0),
+    tone = sample_media.tone_wav(d / "t.wav", 4, 300)
+    clip = sample_media.face_noface_face_clip(d / "clip.mp4", 30, 20, 30, audio=tone)
+    return {"dir": d, "clip": clip, "speech": sample_media.speech_wav(d / "s.wav", seconds=4.0),
             "ckpt": write_random_checkpoint(d / "w.pth")}
 
 

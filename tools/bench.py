@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+if str(ROOT) not in sys.path:  # run as a script: lipsync_core and tools/ (sample media, random weights)
+    sys.path.insert(0, str(ROOT))
 OUT = ROOT / "out" / "bench"
 W, H, FPS = 640, 360, 25
 STAGES = ("decode", "detect", "mel", "crop", "generator", "blend", "encode", "wait")
@@ -32,11 +33,11 @@ def make_clip(path: Path, seconds: float) -> Path:
     """A 640x360 talking-head stand-in: the astronaut photo drifting gently, encoded as a stream."""
     if path.exists():
         return path
-    import media
-    from lipsync_core.tools import ffmpeg_exe
+    from lipsync_core.media import ffmpeg_exe
+    from tools import sample_media
 
     n = int(seconds * FPS)
-    base = media.astronaut_frames(100, W, H, motion=6.0)
+    base = sample_media.astronaut_frames(100, W, H, motion=6.0)
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
            "-s", f"{W}x{H}", "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
            "-preset", "veryfast", str(path)]
@@ -52,7 +53,7 @@ def make_clip(path: Path, seconds: float) -> Path:
 def make_hd(path: Path, source: Path, scale: int = 3) -> Path:
     """`source` scaled up `scale` times (640x360 -> 1920x1080): where encoding and decoding weigh more."""
     if not path.exists():
-        from lipsync_core.tools import ffmpeg_exe
+        from lipsync_core.media import ffmpeg_exe
 
         subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-vf",
                         f"scale={W * scale}:{H * scale}", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
@@ -63,10 +64,10 @@ def make_hd(path: Path, source: Path, scale: int = 3) -> Path:
 def make_speech(path: Path, seconds: float) -> Path:
     if path.exists():
         return path
-    import media
+    from tools import sample_media
 
     text = " ".join(["The quick brown fox jumps over the lazy dog while the editor replaces this line."] * 12)
-    return media.speech_wav(path, text=text, seconds=seconds)
+    return sample_media.speech_wav(path, text=text, seconds=seconds)
 
 
 class ChildMemory:
@@ -124,7 +125,7 @@ def run_config(cfg: dict) -> dict:
 def run_worker(cfg: dict) -> dict:
     """In a child process: the Blender add-on's path, `python -m lipsync_core.worker --job FILE`, on the whole
     clip as one face clip; peak memory is the worker process's own (ffmpeg's is smaller)."""
-    from lipsync_core.video import probe
+    from lipsync_core.media import probe
 
     frames = probe(cfg["video"]).frames
     job = {"command": "sync", "video": cfg["video"], "audio": cfg["audio"], "checkpoint": cfg["checkpoint"],
@@ -202,7 +203,7 @@ def run_reference(ref_dir: Path, ckpt: Path, clip: Path, speech: Path, box: list
     rc, wall, rss = proc.stdout.strip().splitlines()[-1].split()
     if rc != "0":
         raise SystemExit(f"the reference failed in {ref_dir}:\n{proc.stderr[-2000:]}")
-    from lipsync_core.video import probe
+    from lipsync_core.media import probe
 
     frames = probe(str(out)).frames
     return {"frames": frames, "seconds": float(wall), "fps": frames / float(wall), "peak_rss_mb": float(rss)}
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
         print(json.dumps(run_config(json.loads(args.run))))
         return 0
 
-    from ckpt import write_random_checkpoint
+    from tools.random_weights import write_random_checkpoint
 
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     OUT.mkdir(parents=True, exist_ok=True)

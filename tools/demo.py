@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import subprocess
@@ -34,9 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "tests")):  # tests/media.py and tests/ckpt.py make media and random weights
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(ROOT) not in sys.path:  # run as a script: lipsync_core and tools/ (sample media, random weights)
+    sys.path.insert(0, str(ROOT))
 
 FPS = 25
 LINE = ("Welcome to lip sync for Blender. This line was recorded again, and now her lips follow the new words.")
@@ -112,7 +110,7 @@ class Material:
 
 
 def _ffmpeg() -> str:
-    from lipsync_core.tools import ffmpeg_exe
+    from lipsync_core.media import ffmpeg_exe
 
     return ffmpeg_exe()
 
@@ -127,7 +125,7 @@ def espeak() -> str | None:
 
 
 def _seconds(path: Path) -> float:
-    from lipsync_core.video import probe_audio
+    from lipsync_core.media import probe_audio
 
     return float(probe_audio(path).duration)
 
@@ -206,7 +204,7 @@ def cutaway_frames(n: int, w: int, h: int):
 def make_material(out: Path, quick: bool = False) -> Material:
     import numpy as np
 
-    import media
+    from tools import sample_media
 
     out.mkdir(parents=True, exist_ok=True)
     w, h = (320, 180) if quick else (640, 360)
@@ -219,7 +217,7 @@ def make_material(out: Path, quick: bool = False) -> Material:
     own = make_own_sound(out / "demo_own_sound.wav", frames / FPS + 0.5)
     faces = face_frames(face1 + face2, w, h)  # one continuous shot, interrupted by the cutaway
     images = np.concatenate([faces[:face1], cutaway_frames(noface, w, h), faces[face1:]])
-    clip = media.write_video(out / "demo_clip.mp4", images, fps=str(FPS), audio=own)
+    clip = sample_media.write_video(out / "demo_clip.mp4", images, fps=str(FPS), audio=own)
     own.unlink(missing_ok=True)  # it lives on in the clip
     return Material(clip, line, w, h, FPS, frames, face1, noface, line_s, source)
 
@@ -329,7 +327,7 @@ def find_checkpoint(out: Path, explicit: Path | None = None, try_download: bool 
     if path.is_file() and not structure_problems(path):
         print(f"    reusing the random-weight generator {path}")
     else:
-        from ckpt import write_random_checkpoint
+        from tools.random_weights import write_random_checkpoint
 
         write_random_checkpoint(path)
         print(f"    wrote a random-weight generator to {path}")
@@ -530,21 +528,12 @@ class Rendered:
 
 
 def media_info(path: Path) -> dict:
-    """Frames, size and length (the engine's own probe), and codec names where ffprobe is available."""
-    from lipsync_core import video
-    from lipsync_core.tools import ffprobe_exe
+    """Frames, size, length and codec names, from the engine's own probe (with or without ffprobe)."""
+    from lipsync_core.media import probe, probe_audio
 
-    v = video.probe(path)
-    info: dict = {"width": v.width, "height": v.height, "frames": v.frames, "seconds": v.duration,
-                  "video": "?", "audio": "aac?" if v.has_audio else None}
-    probe = ffprobe_exe()
-    if probe is not None:
-        out = subprocess.run([probe, "-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json",
-                              str(path)], capture_output=True, text=True, check=True).stdout
-        for stream in json.loads(out).get("streams", []):
-            if stream.get("codec_type") in ("video", "audio"):
-                info[stream["codec_type"]] = stream.get("codec_name")
-    return info
+    v = probe(path)
+    return {"width": v.width, "height": v.height, "frames": v.frames, "seconds": v.duration,
+            "video": v.codec, "audio": probe_audio(path).codec if v.has_audio else None}
 
 
 @contextlib.contextmanager

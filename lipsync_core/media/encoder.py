@@ -1,0 +1,282 @@
+"""`VideoEncoder`: BGR uint8 frames streamed into an H.264 (yuv420p) + AAC file, written atomically."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LipsyncError
+from . import ffmpeg as ff
+from .ffmpeg import SWS_FLAGS, SWS_MATRIX, tail
+from .probe import fraction, probe_audio
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+_AUDIO_RATE = 48000  # every output's audio rate: the editing standard, and any input rate resamples to it
+_MUXERS = {".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
+
+
+class VideoEncoder:
+    """Stream BGR uint8 frames into an H.264 (yuv420p, +faststart) + AAC file.
+
+    The output holds exactly the frames written, at `fps_rational`, and always an audio track: `audio_path`
+    from `audio_start` seconds (negative: leading silence; past its end: silence), cut or padded with silence
+    to exactly frames/fps seconds; without `audio_path` a silent track, so every clip has the same streams
+    and editors treat them alike. Audio is 48 kHz AAC, mono or stereo like the source.
+
+    ffmpeg writes to a hidden `.NAME.partial.EXT` beside `out_path`, renamed on a successful close();
+    abort() or an exception inside `with` removes it and leaves `out_path` untouched. Odd sizes (which
+    yuv420p cannot hold) are padded by one edge-replicated row/column: see `out_width`/`out_height`.
+
+    `color_space`: the source's `VideoInfo.color_space`, so the YUV matrix round-trips (None: BT.601,
+    untagged, which matches how untagged sources decode).
+
+    Frames are queued to a writer thread, not copied: do not modify an array after passing it to write().
+    Give `n_frames` when known: audio is then encoded in the same pass; otherwise (or if a different number
+    of frames arrives) a quick second pass muxes it, copying the video.
+    """
+
+    def __init__(self, out_path, width: int, height: int, fps_rational: str, audio_path=None,
+                 audio_start: float = 0.0, n_frames: int | None = None, crf: int = 18,
+                 preset: str = "superfast", color_space: str | None = None, queue_frames: int = 8):
+        self.out_path = Path(out_path)
+        folder = self.out_path.parent
+        if not folder.is_dir():
+            raise LipsyncError(f"output folder {folder} does not exist: create it or choose another -o path.")
+        if self.out_path.is_dir():
+            raise LipsyncError(f"output {self.out_path} is a folder: give a file name such as clip.mp4.")
+        if not os.access(folder, os.W_OK):
+            raise LipsyncError(f"cannot write to {folder}: choose another -o path.")
+        self.fps = fraction(fps_rational)
+        if self.fps is None:
+            raise ValueError(f"bad frame rate {fps_rational!r}")
+        self.width, self.height = int(width), int(height)
+        self.out_width, self.out_height = self.width + self.width % 2, self.height + self.height % 2
+        self.audio_path = str(audio_path) if audio_path is not None else None
+        self.audio_start = float(audio_start)
+        self._audio_info = probe_audio(self.audio_path) if self.audio_path else None
+        self.n_frames = n_frames
+        self.crf, self.preset = crf, preset
+        self.frames_written = 0
+        suffix = self.out_path.suffix or ".mp4"
+        self._muxer = _MUXERS.get(suffix.lower(), "mp4")
+        self._tmp = folder / f".{self.out_path.stem}.partial{suffix}"
+        self._tmp_video = folder / f".{self.out_path.stem}.partial-video{suffix}"
+        self._done = False
+        # one pass with audio when the length is known; otherwise video first, audio muxed at close()
+        self._one_pass = n_frames is not None and n_frames > 0
+        target = self._tmp if self._one_pass else self._tmp_video
+        cmd = [*ff.base_command(), "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+               "-video_size", f"{self.width}x{self.height}",
+               "-framerate", f"{self.fps.numerator}/{self.fps.denominator}", "-i", "pipe:0"]
+        if self._one_pass:
+            a_in, a_filter, a_out = self._audio_args(n_frames)
+            cmd += [*a_in, "-map", "0:v:0", "-map", "1:a:0", "-af", a_filter, *a_out]
+        else:
+            cmd += ["-map", "0:v:0", "-an"]
+        cmd += ["-vf", ",".join(self._video_filters(color_space)), *self._color_tags(color_space),
+                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+                *ff.passthrough_args(cmd[0]), *self._mux_args(final=self._one_pass), str(target)]
+        self._proc, self._stderr = ff.start_streaming(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        ff.grow_pipe(self._proc.stdin.fileno(), 1 << 20)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_frames))
+        self._thread = threading.Thread(target=self._pump, args=(self._proc.stdin, self._queue),
+                                        name="VideoEncoder", daemon=True)
+        self._thread.start()
+
+    # -- video
+
+    def _video_filters(self, color_space: str | None) -> list[str]:
+        chain = []
+        if (self.out_width, self.out_height) != (self.width, self.height):
+            dw, dh = self.out_width - self.width, self.out_height - self.height
+            chain += [f"pad={self.out_width}:{self.out_height}:0:0",
+                      f"fillborders=right={dw}:bottom={dh}:mode=smear"]
+        matrix = SWS_MATRIX.get(color_space or "")
+        chain.append(f"scale=flags={SWS_FLAGS}" + (f":out_color_matrix={matrix}" if matrix else ""))
+        chain.append("format=yuv420p")
+        return chain
+
+    @staticmethod
+    def _color_tags(color_space: str | None) -> list[str]:
+        """Tag the matrix we converted with (untagged sources stay untagged: both ways used BT.601)."""
+        if color_space not in SWS_MATRIX:
+            return []
+        tags = ["-colorspace", color_space]
+        if color_space == "bt709":
+            tags += ["-color_primaries", "bt709", "-color_trc", "bt709"]
+        return tags
+
+    # -- audio
+
+    def _audio_args(self, n_frames: int) -> tuple[list[str], str, list[str]]:
+        """Input args, filter and output args for exactly n_frames/fps seconds of audio."""
+        n_samples = round(n_frames * _AUDIO_RATE / self.fps)
+        info = self._audio_info
+        start = self.audio_start
+        if info is None or start >= info.duration:
+            channels = min(max(info.channels, 1), 2) if info else 2
+            layout = "mono" if channels == 1 else "stereo"
+            a_in = ["-f", "lavfi", "-i", f"anullsrc=r={_AUDIO_RATE}:cl={layout}"]
+            chain = []
+        else:
+            channels = min(max(info.channels, 1), 2)
+            a_in = (["-ss", f"{start:.6f}"] if start > 0 else []) + ["-i", self.audio_path]
+            chain = [f"aresample={_AUDIO_RATE}"]
+            if start < 0:
+                chain.append(f"adelay=delays={round(-start * _AUDIO_RATE)}S:all=1")
+        chain += [f"apad=whole_len={n_samples}", f"atrim=end_sample={n_samples}"]
+        a_out = ["-c:a", "aac", "-b:a", "192k" if channels == 2 else "128k", "-ac", str(channels),
+                 "-ar", str(_AUDIO_RATE)]
+        return a_in, ",".join(chain), a_out
+
+    def _mux_args(self, final: bool) -> list[str]:
+        args = ["-f", self._muxer]
+        if final and self._muxer in ("mp4", "mov"):
+            args += ["-movflags", "+faststart"]
+        return args
+
+    # -- frames
+
+    @staticmethod
+    def _pump(stdin, q: queue.Queue) -> None:
+        """Writer thread: feed queued frames to ffmpeg; after a broken pipe, drain until the end marker."""
+        broken = False
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            if broken:
+                continue
+            try:
+                view = memoryview(item).cast("B")
+                while view:  # a raw pipe write may be partial
+                    view = view[stdin.write(view):]
+            except (BrokenPipeError, OSError, ValueError):
+                broken = True
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one (height, width, 3) uint8 BGR frame."""
+        if self._done:
+            raise RuntimeError("encoder is closed")
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, "
+                             f"got {frame.shape} {frame.dtype}")
+        self._check_alive()
+        self._queue.put(np.ascontiguousarray(frame))
+        self.frames_written += 1
+
+    def write_many(self, frames: np.ndarray) -> None:
+        """Queue an (n, height, width, 3) uint8 array (one pipe write)."""
+        if self._done:
+            raise RuntimeError("encoder is closed")
+        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (n, {self.height}, {self.width}, 3) uint8, "
+                             f"got {frames.shape} {frames.dtype}")
+        if len(frames) == 0:
+            return
+        self._check_alive()
+        self._queue.put(np.ascontiguousarray(frames))
+        self.frames_written += len(frames)
+
+    def _check_alive(self) -> None:
+        if self._proc.poll() is not None:  # died mid-stream: report why now, not at close()
+            msg = self._ffmpeg_error()
+            self.abort()
+            raise LipsyncError(msg)
+
+    def _ffmpeg_error(self) -> str:
+        self._stderr.seek(0)
+        return f"ffmpeg failed while writing {self.out_path}:\n  {tail(self._stderr.read())}"
+
+    # -- finish
+
+    def close(self) -> Path:
+        """Finish the file and move it to out_path; LipsyncError (and no file) if ffmpeg failed."""
+        if self._done:
+            return self.out_path
+        self._queue.put(None)
+        self._thread.join()
+        rc = self._proc.wait()
+        if rc != 0:
+            msg = self._ffmpeg_error()
+            self.abort()
+            raise LipsyncError(msg)
+        if self.frames_written == 0:
+            self.abort()
+            raise LipsyncError(f"nothing to write to {self.out_path}: the clip has no frames "
+                               "(check its start and end frames).")
+        try:
+            if not (self._one_pass and self.frames_written == self.n_frames):
+                self._mux_audio()
+            os.replace(self._tmp, self.out_path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._cleanup()
+        return self.out_path
+
+    def _mux_audio(self) -> None:
+        """Second pass: copy the video and add audio of the right length."""
+        video = self._tmp if self._one_pass else self._tmp_video
+        if self._one_pass:  # wrong length in the first pass: keep its video only
+            os.replace(self._tmp, self._tmp_video)
+            video = self._tmp_video
+        a_in, a_filter, a_out = self._audio_args(self.frames_written)
+        ff.run_ffmpeg(["-y", "-i", str(video), *a_in, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                          "-af", a_filter, *a_out, *self._mux_args(final=True), str(self._tmp)],
+                         f"adding audio to {self.out_path}")
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete the partial output; out_path is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        if self._proc.poll() is None:
+            self._proc.kill()
+        # unblock the writer thread (it drains after the broken pipe), then reap it
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join(timeout=5)
+        self._proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for p in (self._tmp, self._tmp_video):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass
+        self._stderr.close()
+
+    def __enter__(self) -> VideoEncoder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self):
+        # forgotten without close(): never leave ffmpeg waiting on its pipe or a partial file behind
+        try:
+            if not self._done:
+                self.abort()
+        except Exception:
+            pass

@@ -1,0 +1,204 @@
+"""`FrameReader`: BGR uint8 frames streamed out of an ffmpeg process.
+
+Frame-exact start (seek or trim), optional downscale in the decoder, a prefetch thread; nothing holds the
+whole video in memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import LipsyncError
+from . import ffmpeg as ff
+from .ffmpeg import SWS_FLAGS, tail
+from .probe import VideoInfo, probe
+
+
+def _read_exact(stdout, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """One frame from a raw pipe into a fresh array; None at the end of the stream."""
+    buf = np.empty(shape, np.uint8)
+    view = memoryview(buf).cast("B")
+    got, n = 0, view.nbytes
+    while got < n:
+        k = stdout.readinto(view[got:])
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+class _Decoder:
+    """The ffmpeg process and prefetch thread; holds no reference to its FrameReader, so a reader that is
+    dropped without close() is still collected and its ffmpeg killed."""
+
+    def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int):
+        self.shape, self.n, self.path = shape, n, path
+        self.proc, self.stderr = ff.start_streaming(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        ff.grow_pipe(self.proc.stdout.fileno(), 1 << 20)
+        self.stop = threading.Event()
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self.thread = None
+        if prefetch > 0:
+            self.thread = threading.Thread(target=self._pump, name="FrameReader", daemon=True)
+            self.thread.start()
+
+    def read(self) -> np.ndarray | None:
+        """Next frame, None at the end; LipsyncError if ffmpeg failed."""
+        if self.thread is None:
+            return self._read()
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _read(self) -> np.ndarray | None:
+        frame = _read_exact(self.proc.stdout, self.shape)
+        if frame is None:
+            # ffmpeg ended early: an error, or the file held fewer frames than probed (then just stop)
+            rc = self.proc.wait()
+            if rc != 0 and not self.stop.is_set():
+                self.stderr.seek(0)
+                why = tail(self.stderr.read())
+                raise LipsyncError(f"ffmpeg failed while decoding {self.path}:\n  {why}")
+        return frame
+
+    def _pump(self) -> None:
+        try:
+            for _ in range(self.n):
+                frame = self._read()
+                if frame is None or self.stop.is_set():
+                    break
+                self._put(frame)
+        except BaseException as exc:  # hand any failure to the consumer
+            self._put(exc)
+            return
+        self._put(None)
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.stderr.close()
+
+
+class FrameReader:
+    """Iterate BGR uint8 frames (H, W, 3) of `path[start_frame:end_frame]` streamed from ffmpeg.
+
+    Frame k of the reader is frame start_frame + k of a full decode (end_frame exclusive, clamped to the
+    video). `size=(w, h)` scales in ffmpeg (cheap small frames for face detection). A prefetch thread keeps
+    `prefetch` frames decoded ahead of the consumer (0: read inline). Every frame is a fresh array the
+    caller may keep or modify. Use as a context manager (or call close()) to stop ffmpeg when leaving early.
+    If the file ends before end_frame (a damaged tail), iteration just stops: check `frames_read`.
+    """
+
+    def __init__(self, path, start_frame: int = 0, end_frame: int | None = None,
+                 size: tuple[int, int] | None = None, info: VideoInfo | None = None, prefetch: int = 4):
+        self.info = info or probe(path)
+        self.path = str(path)
+        total = self.info.frames
+        end = total if end_frame is None else min(int(end_frame), total)
+        start = int(start_frame)
+        if start < 0 or start > end:
+            raise LipsyncError(f"frame range {start}..{end_frame} is outside the video "
+                               f"(frames 0..{total}): choose a range inside it.")
+        self.start_frame, self.end_frame = start, end
+        w, h = size if size else (self.info.width, self.info.height)
+        self.width, self.height = int(w), int(h)
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"bad frame size {size}")
+        self.frames_read = 0
+        self._dec: _Decoder | None = None
+        if len(self) > 0:
+            self._dec = _Decoder(self._command(), self.shape, len(self), self.path, prefetch)
+
+    def __len__(self) -> int:
+        return self.end_frame - self.start_frame
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+    def _command(self) -> list[str]:
+        cmd = ff.base_command()
+        filters = []
+        if self.start_frame > 0 and self.info.seekable:
+            # Midway between frames k-1 and k: immune to timestamp rounding. Input -ss decodes from the
+            # keyframe before and drops frames earlier than t, so the first frame out is exactly k.
+            t = self.info.start_time + (self.start_frame - 0.5) / self.info.fps
+            cmd += ["-ss", f"{max(t, 0.0):.6f}"]
+        elif self.start_frame > 0:
+            filters.append(f"trim=start_frame={self.start_frame}")
+        cmd += ["-i", self.path, "-map", "0:V:0", "-an", "-sn", "-dn"]
+        if (self.width, self.height) != (self.info.width, self.info.height):
+            filters.append(f"scale={self.width}:{self.height}:flags=bilinear")
+        if filters:
+            filters.append("format=bgr24")  # scale and convert in one swscale pass
+            cmd += ["-vf", ",".join(filters)]
+        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(len(self)), "-sws_flags", SWS_FLAGS,
+                "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+        return cmd
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._dec is None or self.frames_read >= len(self):
+            raise StopIteration
+        try:
+            frame = self._dec.read()
+        except BaseException:
+            self.close()
+            raise
+        if frame is None:
+            self.close()
+            raise StopIteration
+        self.frames_read += 1
+        if self.frames_read >= len(self):
+            self.close()  # ffmpeg stops by itself after -frames:v; nothing more to wait for
+        return frame
+
+    def read_batches(self, batch: int) -> Iterator[np.ndarray]:
+        """Yield (n, H, W, 3) arrays of up to `batch` frames."""
+        buf: list[np.ndarray] = []
+        for frame in self:
+            buf.append(frame)
+            if len(buf) == batch:
+                yield np.stack(buf)
+                buf = []
+        if buf:
+            yield np.stack(buf)
+
+    def close(self) -> None:
+        dec, self._dec = self._dec, None
+        if dec is not None:
+            dec.close()
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+

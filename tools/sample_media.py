@@ -1,0 +1,93 @@
+"""Made media for the tests, the demo and the bench, generated with ffmpeg, espeak-ng and scikit-image.
+
+Kept small (320x240, a few seconds) so the suite stays quick on two cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from lipsync_core.media import ffmpeg_exe
+
+W, H = 320, 240
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def astronaut_frames(n: int, w: int = W, h: int = H, motion: float = 4.0) -> np.ndarray:
+    """n BGR frames (n, h, w, 3) uint8 of the astronaut photo's face with a gentle drift.
+
+    The source's face (about x 150-290, y 40-200 in the 512x512 photo) lands roughly in the middle.
+    """
+    import cv2
+    from skimage import data
+
+    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        dx = motion * np.sin(2 * np.pi * i / 50.0)
+        dy = motion * 0.5 * np.cos(2 * np.pi * i / 50.0)
+        # crop a 4:3 window around the face, shifted a little each frame, scaled to w x h
+        x0, y0, cw = 60 + dx, 0 + dy, 320
+        ch = cw * h / w
+        m = np.array([[w / cw, 0, -x0 * w / cw], [0, h / ch, -y0 * h / ch]], np.float32)
+        frames[i] = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return frames
+
+
+def noface_frames(n: int, w: int = W, h: int = H) -> np.ndarray:
+    """n BGR frames with no face: a moving colour gradient with a few rectangles."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0] = (xx / w * 200 + i) % 256
+        frames[i, ..., 1] = (yy / h * 200) % 256
+        frames[i, ..., 2] = 90
+        x = 20 + (i * 3) % (w - 80)
+        frames[i, 60:120, x : x + 60] = (30, 200, 240)
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: str = "25", audio: Path | None = None) -> Path:
+    """Encode BGR frames as H.264 (+ AAC from `audio`, cut to the video) at a rational fps like '30000/1001'."""
+    n, h, w, _ = frames.shape
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", fps, "-i", "-"]
+    if audio is not None:
+        cmd += ["-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-af", "apad", "-shortest"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "12", "-preset", "veryfast", str(path)]
+    subprocess.run(cmd, input=frames.tobytes(), check=True)
+    return path
+
+
+def tone_wav(path: Path, seconds: float, freq: float = 440.0, sr: int = 44100) -> Path:
+    _ffmpeg("-f", "lavfi", "-i", f"sine=frequency={freq}:sample_rate={sr}:duration={seconds}", "-ac", "1", str(path))
+    return path
+
+
+def speech_wav(path: Path, text: str = "Hello editors. This line was replaced, and the lips follow the new words.",
+               seconds: float | None = None) -> Path:
+    """Spoken English via espeak-ng (resampled to 16 kHz mono); a chirpy tone when espeak-ng is missing."""
+    espeak = shutil.which("espeak-ng") or shutil.which("espeak")
+    raw = path.with_suffix(".raw.wav")
+    if espeak:
+        subprocess.run([espeak, "-w", str(raw), text], check=True, capture_output=True)
+    else:
+        _ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:duration=4:beep_factor=4", str(raw))
+    extra = ["-af", f"apad=whole_dur={seconds}", "-t", str(seconds)] if seconds else []
+    _ffmpeg("-i", str(raw), "-ar", "16000", "-ac", "1", *extra, str(path))
+    raw.unlink(missing_ok=True)
+    return path
+
+
+def face_noface_face_clip(path: Path, n_face1: int = 40, n_noface: int = 30, n_face2: int = 40,
+                          fps: str = "25", audio: Path | None = None) -> Path:
+    frames = np.concatenate([astronaut_frames(n_face1), noface_frames(n_noface),
+                             astronaut_frames(n_face2)[::-1]])
+    return write_video(path, frames, fps=fps, audio=audio)
