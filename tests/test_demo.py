@@ -184,6 +184,20 @@ def test_demo_refuses_to_run_after_bpy_was_imported_elsewhere(tmp_path):
 # ---------------------------------------------------------------------------- the whole demo, small
 
 
+@pytest.mark.parametrize("ffprobe", ["ffprobe", "no-ffprobe"])
+def test_media_summary_names_the_codecs_with_or_without_ffprobe(material, monkeypatch, ffprobe):
+    """The summary line reads the engine's own probe: no `? + aac?` where ffprobe is missing."""
+    from lipsync_core.media import ffmpeg as ffbin
+
+    if ffprobe == "no-ffprobe":
+        monkeypatch.setattr(ffbin, "ffprobe_exe", lambda: None)  # as with imageio-ffmpeg's binary alone
+    elif ffbin.ffprobe_exe() is None:
+        pytest.skip("no ffprobe on this machine")
+    info = demo.media_info(material.clip)
+    assert (info["video"], info["audio"]) == ("h264", "aac")
+    assert "h264 + aac" in demo.Rendered(material.clip, info).note
+
+
 def test_small_full_demo_in_its_own_process(tmp_path):
     """`python build.py demo` minus set-up: material, untrained weights, install, timeline, detect, sync, render."""
     out = tmp_path / "out"
@@ -205,10 +219,7 @@ def test_small_full_demo_in_its_own_process(tmp_path):
     movie = out / "demo.mp4"
     info = demo.media_info(movie)
     clip = media.probe(out / "demo_clip.mp4")
-    from lipsync_core.media import ffprobe_exe
-
-    if ffprobe_exe() is not None:  # codec names need ffprobe (imageio-ffmpeg ships ffmpeg alone)
-        assert info["video"] == "h264" and info["audio"] == "aac"
+    assert info["video"] == "h264" and info["audio"] == "aac"
     assert info["audio"] is not None and info["seconds"] == pytest.approx(clip.frames / 25, abs=0.05)
     assert (info["width"], info["height"], info["frames"]) == (clip.width, clip.height, clip.frames)
 

@@ -579,7 +579,7 @@ def render(scene_name: str, target: Path) -> Rendered:
     os.replace(found[0], target)
     shutil.rmtree(tmp, ignore_errors=True)
     info = media_info(target)
-    if info["video"] not in ("h264", "?") or info["audio"] not in ("aac", "aac?"):
+    if info["video"] != "h264" or info["audio"] != "aac":
         raise RuntimeError(f"{target} is not H.264 + AAC: {info}")
     return Rendered(target, info)
 
