@@ -18,11 +18,20 @@ from .progress import CancelToken, JsonProgress
 
 
 def _options(job: dict):
+    """The job's options as SyncOptions; an unknown key is refused (a misspelt option must not be ignored)."""
+    import dataclasses
+
     from .sync import SyncOptions
 
     o = SyncOptions()
-    for key, value in (job.get("options") or {}).items():
-        if value is None or not hasattr(o, key):
+    known = [f.name for f in dataclasses.fields(SyncOptions)]
+    options = job.get("options") or {}
+    if not isinstance(options, dict):
+        raise LipsyncError(f"the job's options must be a JSON object, not {type(options).__name__}")
+    for key, value in options.items():
+        if key not in known:
+            raise LipsyncError(f"unknown option {key!r} in the job: known options are {', '.join(known)}")
+        if value is None:
             continue
         if key in ("pads", "box"):
             value = tuple(int(v) for v in value)

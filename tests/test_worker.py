@@ -87,3 +87,16 @@ def test_errors_are_events(work, tmp_path):
     proc.stdin.flush()
     ev = [json.loads(x) for x in proc.stdout]
     assert ev[-1]["event"] == "error" and "not valid JSON" in ev[-1]["message"]
+
+
+def test_unknown_option_is_refused_by_name(work, tmp_path):
+    """A misspelt option (here `pad` for `pads`) must not be dropped silently, as the CLI refuses unknown flags."""
+    out = tmp_path / "u.mp4"
+    job = {"command": "sync", "video": str(work["clip"]), "audio": str(work["speech"]),
+           "checkpoint": str(work["ckpt"]), "options": {"pad": [0, 20, 0, 0], "detector": "opencv"},
+           "clips": [{"start_frame": 0, "end_frame": 10, "audio_start": 0.0, "output": str(out), "face": True}]}
+    proc = start_worker(tmp_path)
+    ev = events_of(proc, job)
+    assert ev[-1]["event"] == "error" and "unknown option 'pad'" in ev[-1]["message"], ev[-1]
+    assert "pads" in ev[-1]["message"] and proc.returncode == 2
+    assert not out.exists()
