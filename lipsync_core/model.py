@@ -10,7 +10,9 @@ what to do instead of a torch traceback.
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -176,10 +178,11 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> object:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if _carries_code(str(exc)):
+        if _carries_code(path, str(exc)):
             raise LipsyncError(
                 f"The {what} {path} is not a plain weights file: it carries code that would run when loaded, "
-                "so it was refused. Use the official wav2lip.pth / wav2lip_gan.pth from a source you trust. "
+                "so it was not loaded (nothing in it ran). Do not fetch it again from the same place: use the "
+                "official wav2lip.pth / wav2lip_gan.pth from a source you trust. "
                 + GET_WEIGHTS_HINT
             ) from None
         raise _corrupt(path, what, exc) from None
@@ -197,13 +200,75 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6; before it, a pickle (PROTO o
 _CODE_OPCODES = {ord(c) for c in "ciRob"} | {0x81, 0x82, 0x83, 0x84, 0x92, 0x93}
 
 
-def _carries_code(text: str) -> bool:
-    """Read torch's weights-only refusal: a refused global, or an opcode that calls code, means the file was
-    built to run something; any other refusal is a broken byte stream."""
-    if "Unsupported global" in text or "allowed global" in text:
+# Globals a plain checkpoint may name besides torch's own (what torch's weights-only loader allows too).
+_PLAIN_GLOBALS = {"collections.OrderedDict", "collections.Counter", "_codecs.encode", "builtins.set",
+                  "builtins.bytearray", "builtins.complex"}
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+
+
+def _carries_code(path: Path, text: str) -> bool:
+    """After torch's weights-only loader refused a file: was it built to run something (a refused global or a
+    code-calling opcode), or is the byte stream broken? torch's wording changes between versions, so its
+    message is read loosely and the pickle's own imports are checked as well."""
+    low = text.lower()
+    if "unsupported global" in low or "allowed global" in low or "is blocked" in low:
         return True
-    match = re.search(r"Unsupported operand (\d+)", text)
-    return bool(match) and int(match.group(1)) in _CODE_OPCODES
+    match = re.search(r"unsupported operand (\d+)", low)
+    if match and int(match.group(1)) in _CODE_OPCODES:
+        return True
+    return any(not _plain_global(name) for name in _pickle_globals(path))
+
+
+def _plain_global(name: str) -> bool:
+    return name == "torch" or name.startswith("torch.") or name in _PLAIN_GLOBALS
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """Every "module.name" the checkpoint's pickle imports, read from its opcodes without running any (as far
+    as the stream can be read: a broken stream yields what came before the break)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                streams = [archive.read(names[0])] if names else []
+        else:
+            # torch's legacy format: magic number, protocol, sys info and the object pickled one after another,
+            # then raw tensor bytes
+            streams = [path.read_bytes()]
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        return []
+    found: list[str] = []
+    for data in streams:
+        stream = io.BytesIO(data)
+        for _ in range(4):
+            strings: list = []
+            memo: dict = {}
+            last = None
+            try:
+                for op, arg, _pos in pickletools.genops(stream):
+                    name = op.name
+                    if name in _STRING_OPS:
+                        last = arg.decode("latin-1") if isinstance(arg, bytes) else arg
+                        strings.append(last)
+                    elif name == "MEMOIZE":
+                        memo[len(memo)] = last
+                    elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                        memo[arg] = last
+                    elif name in ("GET", "BINGET", "LONG_BINGET"):
+                        last = memo.get(arg)
+                        strings.append(last)
+                    elif name in ("GLOBAL", "INST"):
+                        found.append(str(arg).replace(" ", "."))
+                    elif name == "STACK_GLOBAL":
+                        module, attr = (strings[-2:] if len(strings) >= 2 else ["?", "?"])
+                        found.append(f"{module}.{attr}")
+                    else:
+                        last = None
+            except Exception:  # noqa: BLE001 (a broken stream: keep what was read before the break)
+                break
+            if stream.tell() >= len(data):
+                break
+    return found
 
 
 def _corrupt(path: Path, what: str, exc: BaseException) -> LipsyncError:

@@ -31,3 +31,25 @@ def shared_media():
     if not (SHARED_MEDIA / "talking_head_a.mp4").exists():
         pytest.skip(f"real footage not found at {SHARED_MEDIA} (see shared/media/README.md)")
     return SHARED_MEDIA
+
+
+class _RunsACommand:
+    """Unpickling this would run `touch MARKER` through os.system (torch names it posix.system): a harmless
+    stand-in for a checkpoint built to run code. The marker file proves it did not run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.fixture
+def code_carrying_checkpoint(tmp_path):
+    """(checkpoint path, marker path): a checkpoint whose pickle would run a shell command when loaded."""
+    import torch
+
+    marker = tmp_path / "code_ran.txt"
+    path = tmp_path / "carries_code.pth"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "extra": _RunsACommand(marker)}, path)
+    return path, marker

@@ -133,6 +133,13 @@ def bad(work, *args, expect):
     return r
 
 
+def test_a_checkpoint_that_carries_code_is_refused_as_such(work, code_carrying_checkpoint):
+    path, marker = code_carrying_checkpoint
+    r = bad(work, "sync", work["clip"], work["speech"], "-o", "OUT", "--checkpoint", path, expect="carries code")
+    assert "not loaded" in r.stderr and "corrupt" not in r.stderr
+    assert not marker.exists()
+
+
 def test_bad_inputs(work, tmp_path):
     c, s, k = work["clip"], work["speech"], work["ckpt"]
     bad(work, "sync", tmp_path / "nope.mp4", s, "-o", "OUT", "--checkpoint", k, expect="not found")

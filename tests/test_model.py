@@ -152,6 +152,28 @@ def test_code_carrying_pickle_is_refused_and_not_run(tmp_path, legacy):
     assert "not a plain weights file" in str(err.value) and "carries code" in str(err.value)
 
 
+def test_a_checkpoint_that_runs_a_command_is_named_for_what_it_is(code_carrying_checkpoint):
+    """torch 2.13 words this refusal "unsupported GLOBAL posix.system ... is blocked": whatever the wording, the
+    user must hear that the file carries code, not that it is corrupt and should be downloaded again."""
+    path, marker = code_carrying_checkpoint
+    with pytest.raises(LipsyncError) as err:
+        load_model(path)
+    assert not marker.exists()
+    assert "carries code" in str(err.value) and "not loaded" in str(err.value)
+    assert "corrupt" not in str(err.value) and "re-download" not in str(err.value)
+
+
+def test_code_is_found_in_the_pickle_whatever_torch_says(code_carrying_checkpoint, official, tmp_path):
+    from lipsync_core.model import _carries_code
+
+    path, _ = code_carrying_checkpoint
+    assert _carries_code(path, "Weights only load failed (worded some new way)")
+    assert not _carries_code(official, "Weights only load failed (worded some new way)")
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(official.read_bytes()[:5000])
+    assert not _carries_code(broken, "Weights only load failed (worded some new way)")
+
+
 def test_unreadable_files_are_refused(tmp_path, official):
     data = official.read_bytes()
     cases = {

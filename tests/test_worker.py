@@ -100,3 +100,16 @@ def test_unknown_option_is_refused_by_name(work, tmp_path):
     assert ev[-1]["event"] == "error" and "unknown option 'pad'" in ev[-1]["message"], ev[-1]
     assert "pads" in ev[-1]["message"] and proc.returncode == 2
     assert not out.exists()
+
+
+def test_a_checkpoint_that_carries_code_is_an_error_event_saying_so(work, tmp_path, code_carrying_checkpoint):
+    """The add-on shows the worker's message: it must say what the file is, not "corrupt, re-download"."""
+    path, marker = code_carrying_checkpoint
+    out = tmp_path / "x.mp4"
+    job = {"command": "sync", "video": str(work["clip"]), "audio": str(work["speech"]), "checkpoint": str(path),
+           "clips": [{"start_frame": 0, "end_frame": 10, "audio_start": 0.0, "output": str(out), "face": True}]}
+    proc = start_worker(tmp_path)
+    ev = events_of(proc, job)
+    assert ev[-1]["event"] == "error" and proc.returncode == 2, ev[-1]
+    assert "carries code" in ev[-1]["message"] and "corrupt" not in ev[-1]["message"]
+    assert not marker.exists() and not out.exists()
