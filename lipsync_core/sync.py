@@ -85,7 +85,7 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
             progress.log("face detection: reused the cached result for this file")
             return track
     t0 = time.perf_counter()
-    detector = get_detector(opts.detector, device=_detector_device(opts.device), log=progress.log)
+    detector = get_detector(opts.detector, device=opts.device, log=progress.log)
     with FrameReader(video, size=(width, height), info=info) as frames:
         track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every,
                             max_every=opts.detect_max_every, select=opts.face,
@@ -96,14 +96,6 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     if opts.cache:
         cache.save_track(video, settings, track)
     return track
-
-
-def _detector_device(device: str) -> str:
-    if device in ("cpu", "cuda", "mps"):
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def presence(track) -> np.ndarray:

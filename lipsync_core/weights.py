@@ -54,6 +54,11 @@ class Checkpoint:
     sha256: str | None  # full hex digest; None where unknown (then only the structure is checked)
     sha256_prefix: str | None  # torch hub convention: the file name carries the digest's first hex digits
     urls: tuple[str, ...]
+    # Where else the file is looked for (see `search_paths`): other names it goes by in the checkpoints folder,
+    # an environment variable holding its path, and torch hub's checkpoint cache (where face-alignment keeps it).
+    also_named: tuple[str, ...] = ()
+    env: str | None = None
+    torch_hub: bool = False
 
 
 KNOWN: dict[str, Checkpoint] = {
@@ -109,6 +114,9 @@ KNOWN: dict[str, Checkpoint] = {
                 "https://huggingface.co/camenduru/Wav2Lip/resolve/main/face_detection/detection/sfd/s3fd.pth",
                 "https://huggingface.co/vinthony/SadTalker/resolve/main/hub/checkpoints/s3fd-619a316812.pth",
             ),
+            also_named=("s3fd.pth",),  # what the reference Wav2Lip repository calls it
+            env="LIPSYNC_S3FD",
+            torch_hub=True,
         ),
     )
 }
@@ -141,10 +149,29 @@ def path_for(name: str, dest_dir: str | Path | None = None) -> Path:
     return Path(dest_dir or default_dir()) / get(name).filename
 
 
+def hub_path(name: str) -> Path:
+    """Where torch hub keeps `name` (honours $TORCH_HOME / $XDG_CACHE_HOME, as face-alignment's own download)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / get(name).filename
+
+
+def search_paths(name: str, dest_dir: str | Path | None = None) -> list[Path]:
+    """Every place checkpoint `name` is looked for, in order: the checkpoints folder (its file name, then the
+    other names it goes by), the file its environment variable names, torch hub's cache."""
+    entry = get(name)
+    folder = Path(dest_dir or default_dir())
+    paths = [folder / n for n in (entry.filename, *entry.also_named)]
+    if entry.env and os.environ.get(entry.env):
+        paths.append(Path(os.environ[entry.env]).expanduser())
+    if entry.torch_hub:
+        paths.append(hub_path(name))
+    return paths
+
+
 def find(name: str, dest_dir: str | Path | None = None) -> Path | None:
-    """The stored file for `name` if it is present (not verified: see `verify`)."""
-    path = path_for(name, dest_dir)
-    return path if path.is_file() else None
+    """The first file present for `name` among `search_paths` (not verified: see `verify`)."""
+    return next((p for p in search_paths(name, dest_dir) if p.is_file()), None)
 
 
 def _split_urls(text: str) -> list[str]:
@@ -273,8 +300,9 @@ def _guess_name(path: Path) -> str | None:
     for entry in KNOWN.values():
         if path.name == entry.filename:
             return entry.name
-    if path.name == "s3fd.pth":  # what the reference repo calls it
-        return "s3fd"
+    for entry in KNOWN.values():
+        if path.name in entry.also_named:
+            return entry.name
     return None
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from lipsync_core import weights
 from lipsync_core.errors import Cancelled, LipsyncError
 from lipsync_core.faces import cache, detectors
 from lipsync_core.faces.detectors import OpenCVDetector, SFDDetector, get_detector
@@ -26,6 +31,7 @@ from lipsync_core.faces.track import (
 from lipsync_core.progress import CancelToken, Progress
 from tools import sample_media
 
+ROOT = Path(__file__).resolve().parents[1]
 # the astronaut's face in skimage's 512x512 photo, drawn by hand: forehead to chin, cheek to cheek
 ASTRONAUT_FACE = np.array([175, 70, 275, 178], np.float64)
 
@@ -184,7 +190,7 @@ def test_opencv_adjustment_moves_box_down_only(haar):
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """Every place S3FD weights are looked for points into an empty folder; downloads not allowed."""
-    monkeypatch.setattr(detectors, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setenv("LIPSYNC_CHECKPOINTS", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("LIPSYNC_S3FD", raising=False)
     monkeypatch.delenv("LIPSYNC_ALLOW_DOWNLOAD", raising=False)
@@ -224,12 +230,13 @@ def test_auto_falls_back_to_opencv_with_one_warning(no_weights):
 
 
 def test_allowed_download_that_fails_falls_back_quickly(no_weights, monkeypatch):
-    monkeypatch.setattr(detectors, "S3FD_URL", "http://127.0.0.1:9/s3fd.pth")  # nothing listens there
+    s3fd = weights.KNOWN["s3fd"]
+    monkeypatch.setitem(weights.KNOWN, "s3fd", dataclasses.replace(s3fd, urls=("http://127.0.0.1:9/s3fd.pth",)))
     logs = []
     t = time.monotonic()
     assert isinstance(get_detector("auto", log=logs.append, allow_download=True), OpenCVDetector)
     assert time.monotonic() - t < detectors.DOWNLOAD_TIMEOUT_S + 2 and len(logs) == 1
-    assert not detectors._hub_path().exists()
+    assert not weights.hub_path("s3fd").exists()
 
 
 def test_sfd_without_weights_says_what_to_do(no_weights):
@@ -256,7 +263,7 @@ def test_sfd_loads_local_state_dict(random_s3fd, no_weights, monkeypatch):
     logs = []
     assert isinstance(get_detector("auto", log=logs.append), SFDDetector) and not logs
     monkeypatch.delenv("LIPSYNC_S3FD")
-    hub = detectors._hub_path()
+    hub = weights.hub_path("s3fd")
     hub.parent.mkdir(parents=True)
     hub.write_bytes(random_s3fd.read_bytes())
     assert get_detector("auto", log=logs.append).weights_path == hub and not logs
@@ -264,6 +271,68 @@ def test_sfd_loads_local_state_dict(random_s3fd, no_weights, monkeypatch):
     wrapped = no_weights / "wrapped.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in torch.load(random_s3fd).items()}}, wrapped)
     assert isinstance(get_detector("sfd", weights_path=wrapped), SFDDetector)
+
+
+def test_weights_download_s3fd_is_what_the_detector_finds(random_s3fd, no_weights, tmp_path):
+    """README's advice, followed: `weights download s3fd` saves the registry's file name in the checkpoints
+    folder, and `--detector auto` uses it (it looked only for checkpoints/s3fd.pth before)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "s3fd-619a316812.pth").write_bytes(random_s3fd.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+        url = f"http://127.0.0.1:{server.server_port}/s3fd-619a316812.pth"
+        r = subprocess.run([sys.executable, "-m", "lipsync_core", "weights", "download", "s3fd", "--url", url,
+                            "--no-hash-check"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 0, r.stderr
+    saved = weights.find("s3fd")
+    assert saved is not None and saved.parent == no_weights / "checkpoints"
+    logs = []
+    det = get_detector("auto", log=logs.append)
+    assert isinstance(det, SFDDetector) and det.weights_path == saved and not logs
+    # the reference repository's name for the same file is found too
+    reference_name = no_weights / "checkpoints" / "s3fd.pth"
+    saved.rename(reference_name)
+    assert get_detector("auto", log=logs.append).weights_path == reference_name and not logs
+
+
+def test_detector_device_is_resolved_by_pick_device(monkeypatch):
+    """"auto" means CUDA, then Apple MPS, then CPU for the detector as for the generator."""
+    from lipsync_core import device as device_mod
+    from lipsync_core import sync
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: True)
+    assert detectors._resolve_device("auto") == "mps"
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_get_detector(name, device="cpu", **kw):
+        asked.append(device)
+        raise Stop
+
+    monkeypatch.setattr(detectors, "get_detector", recording_get_detector)
+    with pytest.raises(Stop):
+        sync.analyze_faces(str(ROOT / "assets" / "x.mp4"), sync.SyncOptions(cache=False),
+                           info=_FakeInfo())
+    assert detectors._resolve_device(asked[0]) == "mps"
+
+
+class _FakeInfo:
+    width, height, frames = 64, 48, 1
 
 
 def test_sfd_bad_file(no_weights):

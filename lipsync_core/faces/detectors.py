@@ -23,15 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import weights
 from ..errors import LipsyncError
 
-S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
-S3FD_FILENAME = "s3fd-619a316812.pth"
-S3FD_SHA256_PREFIX = "619a316812"  # torch hub convention: the file name carries its hash prefix
 DOWNLOAD_TIMEOUT_S = 5.0
-
-# <project root>/checkpoints; a module attribute so tests (and packagers) can point it elsewhere.
-CHECKPOINTS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 
 Log = Callable[[str], None]
 
@@ -179,22 +174,11 @@ class OpenCVDetector(Detector):
 
 
 def s3fd_search_paths(weights_path: str | os.PathLike | None = None) -> list[Path]:
-    """Where S3FD weights are looked for, in order. An explicit path is the only place looked at."""
+    """Where S3FD weights are looked for, in order: the weights registry's places for "s3fd" (checkpoints
+    folder, $LIPSYNC_S3FD, torch hub's cache). An explicit path is the only place looked at."""
     if weights_path:
         return [Path(weights_path).expanduser()]
-    paths = [CHECKPOINTS_DIR / "s3fd.pth"]
-    env = os.environ.get("LIPSYNC_S3FD")
-    if env:
-        paths.append(Path(env).expanduser())
-    paths.append(_hub_path())
-    return paths
-
-
-def _hub_path() -> Path:
-    import torch.hub
-
-    # torch.hub.get_dir() honours $TORCH_HOME / $XDG_CACHE_HOME, like face-alignment's own download
-    return Path(torch.hub.get_dir()) / "checkpoints" / S3FD_FILENAME
+    return weights.search_paths("s3fd")
 
 
 def find_s3fd_weights(weights_path: str | os.PathLike | None = None) -> Path | None:
@@ -213,11 +197,12 @@ def download_s3fd(timeout: float = DOWNLOAD_TIMEOUT_S, url: str | None = None) -
     import threading
     import urllib.request
 
+    entry = weights.get("s3fd")
     opened: dict = {}
 
     def connect() -> None:
         try:
-            opened["resp"] = urllib.request.urlopen(url or S3FD_URL, timeout=timeout)
+            opened["resp"] = urllib.request.urlopen(url or entry.urls[0], timeout=timeout)
         except Exception as exc:  # noqa: BLE001
             opened["error"] = exc
 
@@ -226,7 +211,7 @@ def download_s3fd(timeout: float = DOWNLOAD_TIMEOUT_S, url: str | None = None) -
     t.join(timeout)
     if "resp" not in opened:
         return None
-    dest = _hub_path()
+    dest = weights.hub_path("s3fd")
     tmp = None
     try:
         with opened["resp"] as resp:
@@ -237,7 +222,7 @@ def download_s3fd(timeout: float = DOWNLOAD_TIMEOUT_S, url: str | None = None) -
                 while chunk := resp.read(1 << 20):
                     sha.update(chunk)
                     f.write(chunk)
-        if not sha.hexdigest().startswith(S3FD_SHA256_PREFIX):
+        if not sha.hexdigest().startswith(entry.sha256 or entry.sha256_prefix or ""):
             return None
         os.replace(tmp, dest)
         tmp = None
@@ -250,21 +235,18 @@ def download_s3fd(timeout: float = DOWNLOAD_TIMEOUT_S, url: str | None = None) -
 
 
 def _resolve_device(device) -> str:
-    import torch
+    """"auto" and every name the engine accepts, resolved as the generator's device is (device.pick_device)."""
+    from ..device import pick_device
 
-    dev = str(device or "cpu")
-    if dev == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    return dev
+    return str(pick_device(device or "cpu"))
 
 
 def _missing_message(paths: list[Path]) -> str:
     where = ", ".join(str(p) for p in paths)
-    return (f"S3FD face detector weights not found (looked at: {where}). Put {S3FD_FILENAME} at "
-            f"{CHECKPOINTS_DIR / 's3fd.pth'}, set LIPSYNC_S3FD to its path, or use the opencv detector.")
+    entry = weights.get("s3fd")
+    return (f"S3FD face detector weights not found (looked at: {where}). Run `python -m lipsync_core weights "
+            f"download s3fd`, put {entry.filename} in {weights.default_dir()}, set {entry.env} to its path, "
+            "or use the opencv detector.")
 
 
 class SFDDetector(Detector):
@@ -313,7 +295,7 @@ class SFDDetector(Detector):
             why = " ".join(str(exc).split())[:200]  # one line: auto mode logs it as a single warning
             raise LipsyncError(
                 f"S3FD weights at {path} could not be loaded ({type(exc).__name__}: {why}). "
-                f"Replace the file with a good copy of {S3FD_FILENAME} or use the opencv detector."
+                f"Replace the file with a good copy of {weights.get('s3fd').filename} or use the opencv detector."
             ) from exc
         self.device = _resolve_device(device)
         self.weights_path = path
