@@ -266,7 +266,10 @@ class Engine:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             progress.finish("sync")
-        return {"output": output, "frames": n, "face_frames": int(n_face)}
+        # H.264 (yuv420p) holds only even sizes: an odd source gets one extra column / row at the right / bottom
+        # edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up with its source.
+        return {"output": output, "frames": n, "face_frames": int(n_face), "size": [info.width, info.height],
+                "pad": [enc.out_width - info.width, enc.out_height - info.height]}
 
 
 def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock):

@@ -160,3 +160,39 @@ def test_bad_inputs(work, tmp_path):
     # the no-face middle part (1.6-2.8 s) given as a face range: no face is ever found there
     bad(work, "sync", c, s, "-o", "OUT", "--checkpoint", k, "--segments", "1.7-2.7", "--detector", "opencv",
         expect="no face was found in 1.7")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_odd_sized_movie_lines_up_with_its_source(work, tmp_path):
+    """321x241 cannot be H.264 yuv420p: the result is 322x242 with the extra column and row at the right and
+    bottom only, and the report says so, so an editor can crop it back onto its source to the pixel."""
+    from lipsync_core.media import ffmpeg_exe
+    from lipsync_core.sync import SyncOptions, sync
+
+    w, h, n = 321, 241, 12
+    source = tmp_path / "odd.mkv"  # FFV1 keeps odd sizes; 4:2:0 like the camera files editors cut
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                    "-s", f"{w}x{h}", "-r", "25", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "yuv420p", str(source)],
+                   input=sample_media.astronaut_frames(n, w, h).tobytes(), check=True)
+    frames = np.stack(list(FrameReader(str(source))))
+    box = (110, 70, 210, 170)
+    out = tmp_path / "odd_synced.mp4"
+    report = sync(str(source), str(work["speech"]), str(out), str(work["ckpt"]),
+                  SyncOptions(segments="all", box=box, cache=False, crf=10))  # crf 10: alignment, not x264, shows
+    assert report["size"] == [w, h] and report["pad"] == [1, 1]
+    info = probe(out)
+    assert (info.width, info.height) == (w + 1, h + 1) and info.frames == n
+    result = np.stack(list(FrameReader(str(out))))
+    cropped = result[:, :h, :w]
+    outside = np.ones((h, w), bool)
+    x1, y1, x2, y2 = box
+    outside[max(y1 - 4, 0):y2 + 14, max(x1 - 4, 0):x2 + 4] = False  # the face box, its pads and the blend's edge
+    assert _psnr(cropped[:, outside], frames[:, outside]) > 42  # 44 dB here, as for 320x240
+    # one pixel off (the picture placed centred on the padded frame) is far from the source
+    assert _psnr(result[:, 1:h + 1, 1:w + 1][:, outside], frames[:, outside]) < 30
+    # the padding repeats the edge pixels: no black line if an editor shows the padded frame
+    assert _psnr(result[:, :h, w], frames[:, :, w - 1]) > 35 and _psnr(result[:, h, :w], frames[:, h - 1]) > 35

@@ -59,6 +59,7 @@ def test_segments_and_sync_clips(work, tmp_path):
     ev = events_of(start_worker(tmp_path), job)
     assert ev[-1]["event"] == "result", ev[-1]
     assert [c["frames"] for c in ev[-1]["clips"]] == [30, 30]
+    assert all(c["size"] == [320, 240] and c["pad"] == [0, 0] for c in ev[-1]["clips"])  # even: nothing to crop
     for out in outs:
         info = probe(str(out))
         assert info.frames == 30 and info.has_audio and abs(info.duration - 1.2) < 0.1

@@ -30,7 +30,8 @@ class VideoEncoder:
 
     ffmpeg writes to a hidden `.NAME.partial.EXT` beside `out_path`, renamed on a successful close();
     abort() or an exception inside `with` removes it and leaves `out_path` untouched. Odd sizes (which
-    yuv420p cannot hold) are padded by one edge-replicated row/column: see `out_width`/`out_height`.
+    yuv420p cannot hold) get one edge-replicated column / row at the right / bottom edge only, so the file's
+    pixel (0, 0) is the source's: see `out_width`/`out_height` (sync reports the difference as `pad`).
 
     `color_space`: the source's `VideoInfo.color_space`, so the YUV matrix round-trips (None: BT.601,
     untagged, which matches how untagged sources decode).
