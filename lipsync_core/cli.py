@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     cancel = CancelToken()
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     try:
-        from . import sync as engine
+        from .sync import find_segments, sync
 
         opts = options_from_args(args)
         if args.command == "segments":
-            result = engine.find_segments(args.video, opts, progress=progress, cancel=cancel)
+            result = find_segments(args.video, opts, progress=progress, cancel=cancel)
             if args.json:
                 print(json.dumps(result, indent=2))
             else:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {kind} {seg['start']:8.2f} - {seg['end']:8.2f} s   frames {seg['start_frame']}-"
                           f"{seg['end_frame']}")
             return 0
-        result = engine.sync(args.video, args.audio, args.output, args.checkpoint, opts, progress, cancel)
+        result = sync(args.video, args.audio, args.output, args.checkpoint, opts, progress, cancel)
         if json_progress:
             progress.emit({"event": "result", **result})
         else:

@@ -1,4 +1,5 @@
-"""The pipeline: decode -> detect/track -> mel -> generator -> composite -> encode, as streams.
+"""Lip-sync a video (`sync`) or a job's clips (`sync_clips`), and find face segments (`find_segments`):
+decode -> detect/track -> mel -> generator -> composite -> encode, as streams (`ClipRenderer` renders a clip).
 
 Two passes over the video, both streamed: a cheap analysis pass (downscaled frames, detection on keyframes,
 cached per file) gives one box per frame, a few bytes each; the render pass decodes full frames, batches the
@@ -134,8 +135,9 @@ def _check_range(info, start: int, end: int | None) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ render
 
 
-class Engine:
-    """Loaded model + generator + compositor, reused for every clip of a job."""
+class ClipRenderer:
+    """Renders clips: the loaded generator and compositor, reused for every clip of a job. `render` streams one
+    clip's frames through crop -> generator -> blend -> encoder."""
 
     def __init__(self, checkpoint: str, opts: SyncOptions, progress: Progress | None = None):
         import torch
@@ -361,7 +363,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     explicit = isinstance(opts.segments, str) and opts.segments.strip().lower() not in ("auto", "all")
     # editor ranges are checked before the model loads; auto segments need detection, which comes after
     segments = parse_ranges(opts.segments, info.fps, info.frames) if explicit else None
-    engine = Engine(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
+    renderer = ClipRenderer(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
 
     segments = segments or resolve_segments(video, info, opts, progress, cancel, clock)
     face_segs = [s for s in segments if s.face]
@@ -380,12 +382,12 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
         mel = A.melspectrogram(wav)
         frames = np.arange(n_out)
     clock.add("mel", t0)
-    result = engine.render(video, info, frames, boxes[frames], mel, audio, 0.0, output, cancel, clock)
+    result = renderer.render(video, info, frames, boxes[frames], mel, audio, 0.0, output, cancel, clock)
     total = time.perf_counter() - t_start
     seg = segments_to_dict(segments, info.fps, info.frames)
     # "frames" stays the output's count (it differs from the source's with --match audio)
     result.update({"fps": seg["fps"], "segments": seg["segments"], "source_frames": info.frames})
-    result.update({"device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+    result.update({"device": str(renderer.device), "dtype": str(renderer.dtype).replace("torch.", ""),
                    "seconds": total, "timings": dict(clock.seconds)})
     return result
 
@@ -410,7 +412,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     for c in clips:
         _check_range(info, int(c["start_frame"]), int(c["end_frame"]))
         _check_output(c["output"], [video, audio, checkpoint])
-    engine = Engine(checkpoint, opts, progress)
+    renderer = ClipRenderer(checkpoint, opts, progress)
     face_segs = [Segment(int(c["start_frame"]), int(c["end_frame"]), True) for c in clips if c.get("face", True)]
     boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
     results, written = [], []
@@ -421,7 +423,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
             wav = A.load_audio(audio, offset=float(c.get("audio_start", 0.0)), duration=dur)
             mel = A.melspectrogram(wav)
             clip_boxes = boxes[s:e] if c.get("face", True) else np.full((e - s, 4), -1, np.int32)
-            r = engine.render(video, info, np.arange(s, e), clip_boxes, mel, audio,
+            r = renderer.render(video, info, np.arange(s, e), clip_boxes, mel, audio,
                               float(c.get("audio_start", 0.0)), c["output"], cancel, clock)
             written.append(c["output"])
             r.update({"start_frame": s, "end_frame": e})

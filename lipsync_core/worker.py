@@ -40,18 +40,18 @@ def _options(job: dict):
 
 
 def run_job(job: dict, progress: JsonProgress, cancel: CancelToken) -> dict:
-    from . import sync as engine
+    from .sync import find_segments, sync_clips
 
     command = job.get("command")
     opts = _options(job)
     if command == "segments":
-        return engine.find_segments(_need(job, "video"), opts, int(job.get("start_frame") or 0),
+        return find_segments(_need(job, "video"), opts, int(job.get("start_frame") or 0),
                                     job.get("end_frame"), progress, cancel)
     if command == "sync":
         clips = job.get("clips")
         if not clips:
             raise LipsyncError("the job has no clips to sync")
-        return engine.sync_clips(_need(job, "video"), _need(job, "audio"), job.get("checkpoint") or "", clips,
+        return sync_clips(_need(job, "video"), _need(job, "audio"), job.get("checkpoint") or "", clips,
                                  opts, progress, cancel)
     if command == "check":  # the add-on's "Check" button: is this Python able to run the engine?
         import torch

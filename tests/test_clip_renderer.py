@@ -1,4 +1,4 @@
-"""The fast path (batched generator in a thread, overlapping decode/blend/encode, bounded buffers) gives the
+"""sync.ClipRenderer: its fast path (batched generator in a thread, overlapping decode/blend/encode, bounded buffers) gives the
 same frames as a plain frame-by-frame loop."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from lipsync_core import audio as A
 from lipsync_core import media
 from lipsync_core.composite import Compositor
 from lipsync_core.model import load_model
-from lipsync_core.sync import Engine, SyncOptions, _crop96
+from lipsync_core.sync import ClipRenderer, SyncOptions, _crop96
 from tools import sample_media
 from tools.random_weights import reference_predict, shared_checkpoint
 
@@ -34,7 +34,7 @@ class CapturingEncoder:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pipeline")
+    d = tmp_path_factory.mktemp("clip_renderer")
     clip = sample_media.face_noface_face_clip(d / "clip.mp4", 12, 7, 13)
     speech = sample_media.speech_wav(d / "s.wav", seconds=2.0)
     ckpt = shared_checkpoint(tmp_path_factory, "official", 0)
@@ -67,8 +67,8 @@ def test_fast_path_equals_plain_loop(setup, monkeypatch, looped):
     has_face = np.isin(order, np.r_[0:12, 19:32])
     boxes = np.where(has_face[:, None], np.array(BOX, np.int32), -1).astype(np.int32)
     mel = A.melspectrogram(A.load_audio(str(speech), duration=len(order) / info.fps))
-    engine = Engine(str(ckpt), SyncOptions(batch_size=4, blend="feather"))
-    result = engine.render(str(clip), info, order, boxes, mel, str(speech), 0.0, "unused.mp4")
+    renderer = ClipRenderer(str(ckpt), SyncOptions(batch_size=4, blend="feather"))
+    result = renderer.render(str(clip), info, order, boxes, mel, str(speech), 0.0, "unused.mp4")
     fast = np.stack(CapturingEncoder.last.frames)
     assert result["frames"] == len(order) and result["face_frames"] == int(has_face.sum())
     ref = plain(clip, info, order, boxes, mel, str(ckpt))
