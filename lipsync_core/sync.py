@@ -194,7 +194,7 @@ class ClipRenderer:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
-        from .media import VideoEncoder
+        from .media import VideoEncoder, encoded_size
 
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
@@ -270,8 +270,9 @@ class ClipRenderer:
             progress.finish("sync")
         # H.264 (yuv420p) holds only even sizes: an odd source gets one extra column / row at the right / bottom
         # edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up with its source.
+        out_w, out_h = encoded_size(info.width, info.height)
         return {"output": output, "frames": n, "face_frames": int(n_face), "size": [info.width, info.height],
-                "pad": [enc.out_width - info.width, enc.out_height - info.height]}
+                "pad": [out_w - info.width, out_h - info.height]}
 
 
 def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock):

@@ -1,5 +1,5 @@
-"""sync.ClipRenderer: its fast path (batched generator in a thread, overlapping decode/blend/encode, bounded buffers) gives the
-same frames as a plain frame-by-frame loop."""
+"""sync.ClipRenderer: its fast path (batched generator in a thread, overlapping decode/blend/encode, bounded
+buffers) gives the same frames as a plain frame-by-frame loop."""
 
 import numpy as np
 import pytest

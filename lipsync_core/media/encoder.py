@@ -17,6 +17,12 @@ from .probe import fraction, probe_audio
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _AUDIO_RATE = 48000  # every output's audio rate: the editing standard, and any input rate resamples to it
+
+
+def encoded_size(width: int, height: int) -> tuple[int, int]:
+    """The size a VideoEncoder file has for frames of this size: yuv420p holds only even sizes, so an odd one
+    gets one more column / row, at the right / bottom edge."""
+    return width + width % 2, height + height % 2
 _MUXERS = {".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
 
 
@@ -56,7 +62,7 @@ class VideoEncoder:
         if self.fps is None:
             raise ValueError(f"bad frame rate {fps_rational!r}")
         self.width, self.height = int(width), int(height)
-        self.out_width, self.out_height = self.width + self.width % 2, self.height + self.height % 2
+        self.out_width, self.out_height = encoded_size(self.width, self.height)
         self.audio_path = str(audio_path) if audio_path is not None else None
         self.audio_start = float(audio_start)
         self._audio_info = probe_audio(self.audio_path) if self.audio_path else None
