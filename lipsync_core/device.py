@@ -2,14 +2,14 @@
 
 Device: "auto" takes CUDA, then Apple MPS, then the CPU. An explicit "cuda"/"cuda:N"/"mps" that this machine
 cannot give raises LipsyncError instead of quietly falling back: someone who picked a GPU and silently gets a
-CPU run 20x slower would rather be told (and "auto" is one word away).
+far slower CPU run would rather be told (and "auto" is one word away).
 
 Precision: fp16 on CUDA; fp32 on MPS (not measured: no Mac here); fp32 to start with on the CPU.
-CPU bf16 is about 2x faster where the CPU has native bf16 (AVX512-BF16 or AMX: 2-core EPYC, banded generator,
-batch 32: 65 frames/s against 34 in fp32), but it keeps 8 mantissa bits, and over 50 layers how far the output
-moves depends on the weights: under 1/255 on PyTorch's plain initialisation, up to 40/255 on the calibrated
-random checkpoint the tests use. So sync.ClipRenderer measures it: the first batch runs both ways and bf16 is kept
-only if no pixel moves by more than 1/255. Without native bf16 it is emulated, slower than fp32, never tried.
+CPU bf16 is faster where the CPU has native bf16 (AVX512-BF16 or AMX; figures in README and the bench), but it
+keeps 8 mantissa bits, and over 50 layers how far the output moves depends on the weights: under 1/255 on
+PyTorch's plain initialisation, up to 40/255 on the calibrated random checkpoint the tests use. So
+sync.ClipRenderer measures it: the first batch runs both ways and bf16 is kept only if no pixel moves by more
+than 1/255. Without native bf16 it is emulated, slower than fp32, never tried.
 LIPSYNC_PRECISION=fp32|bf16|fp16 overrides (and skips the check); a precision the device cannot do warns and
 falls back.
 """

@@ -6,7 +6,7 @@ Two exact savings (within float rounding: a truncated uint8 level flips on a han
   conv -> BN equals one conv with scaled weights and a shifted bias; that saves a full pass over every
   activation, and the ReLU and residual add then run in place.
 * Only the output rows the compositor uses. The feather blend takes the lower half of the 96x96 face; the
-  decoder's top rows at 96, 48 and 24 pixels feed only the discarded upper half, and those stages hold ~70% of
+  decoder's top rows at 96, 48 and 24 pixels feed only the discarded upper half, and those stages hold most of
   the network's arithmetic. Convolutions are local, so the decoder runs on a band of rows that starts just
   high enough for every kept row to see exactly the inputs it sees in the full network.
 

@@ -20,10 +20,9 @@ from .model import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
 
 
 def default_batch_size(device: torch.device | str) -> int:
-    """Frames per generator call. CPU: 32. On a 2-core AVX-512 EPYC the banded generator alone runs about the
-    same at 16-64 (fp32 ~37, bf16 ~74 frames/s), but end to end 32 beat 16 by 4% (fewer hand-overs to the
-    thread that blends and encodes); 64 costs ~200 MB more. GPU: large batches keep it busy (~9 MB of
-    activations per frame in fp16)."""
+    """Frames per generator call. CPU: 32. The banded generator alone runs about as fast at 16 to 64, but end to
+    end 32 beat 16 (fewer hand-overs to the thread that blends and encodes) and 64 only costs memory. GPU: large
+    batches keep it busy (activations per frame are small in fp16)."""
     kind = torch.device(device).type
     return {"cuda": 128, "mps": 32}.get(kind, 32)
 
@@ -58,7 +57,7 @@ class FaceGenerator:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self._forward = torch.compile(model, dynamic=False) if compile else model
-        # A compiled graph is specialised to one batch size (a recompile costs ~40 s on a CPU), so shorter
+        # A compiled graph is specialised to one batch size (a recompile is slow), so shorter
         # batches, such as a clip's last one, are padded up to the largest size seen.
         self._compiled = compile
         self._pad_to = 0

@@ -44,8 +44,8 @@ class SyncOptions:
     max_gap_seconds: float = 0.4  # a face lost for up to this long inside a face run is bridged
     cache: bool = True
     crf: int = 18  # x264 quality: lower is better and bigger (0-51)
-    # x264 speed/size trade: at 1080p "superfast" encodes in 2/3 of "veryfast"'s CPU time at the same PSNR
-    # (44.2 vs 44.1 dB) with ~3x the bytes; the encoder competes with the generator for the same cores.
+    # x264 speed/size trade: "superfast" leaves more CPU to the generator, which shares the cores with the
+    # encoder, at the same quality for bigger files (figures: README, bench)
     preset: str = "superfast"
 
 
@@ -153,11 +153,11 @@ class ClipRenderer:
         self.dtype = pick_dtype(self.device)
         model = load_model(checkpoint, device=self.device)
         self.compositor = Compositor(opts.blend)
-        # only the face rows the blend reads are generated (the lower half for feather: ~1.7x faster)
+        # only the face rows the blend reads are generated (the lower half for feather)
         self.generator = FaceGenerator(model, self.device, self.dtype, first_row=self.compositor.first_row_used())
         del model  # the generator holds a folded copy
         self.batch_size = opts.batch_size or default_batch_size(self.device)
-        # CPU precision is measured, not assumed: bf16 is ~2x faster where the CPU has native bf16, but
+        # CPU precision is measured, not assumed: bf16 is faster where the CPU has native bf16, but
         # whether it keeps every output pixel within 1/255 of fp32 depends on the weights. The first batch
         # runs both ways and decides (LIPSYNC_PRECISION skips the check).
         self._try_bf16 = (self.device.type == "cpu" and self.dtype == torch.float32

@@ -32,7 +32,7 @@ def random_model(seed: int = 0) -> Wav2Lip:
                     # which would measure the random net, not the precision or the code.
                     bn.weight.uniform_(0.2, 0.4) if unit.residual else bn.weight.uniform_(0.8, 1.2)
                     bn.bias.normal_(0.0, 0.05)
-        # Calibrate every BN on one random batch in a single eval pass (4x faster than a train-mode pass):
+        # Calibrate every BN on one random batch in a single eval pass (cheaper than a train-mode pass):
         # a pre-hook sets each layer's running stats from its actual input just before it normalises it.
         def calibrate(bn, args):
             x = args[0]

@@ -264,12 +264,12 @@ class SFDDetector(Detector):
     VARIANCES = (0.1, 0.2)
     MAX_CANDIDATES = 1000
     # detect_near: a crop NEAR_CROP x the box's side, shrunk so the face is about NEAR_FACE px (S3FD's 64 px
-    # anchors fit it well): ~128x128 px, an eighth of a 480x270 frame, and the net's cost goes with pixels
+    # anchors fit it well): a small fraction of a detection-width frame, and the net's cost goes with pixels
     NEAR_CROP = 2.0
     NEAR_FACE = 64
     MIN_INPUT = 64  # the net pools 5 times: smaller inputs are padded (with the mean: zeros to the net)
-    # on a CPU even a crop pass (~40 ms) costs as much as decoding ~20 frames: keyframes may spread to 1 s
-    # apart while optical flow predicts them well
+    # on a CPU even a crop pass costs as much as decoding many frames: keyframes may spread to 1 s apart
+    # while optical flow predicts them well
     CPU_MAX_EVERY = 25
 
     def __init__(self, device="cpu", weights_path=None, log: Log | None = None, allow_download: bool = False,

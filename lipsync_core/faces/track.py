@@ -179,7 +179,7 @@ class _Motion:
     """Frame-to-frame motion of the followed face (shift and scale), by pyramidal LK optical flow.
 
     A grid of points on the face is followed on small grey copies of the frames in which the face is about
-    MOTION_FACE px: enough to follow a head, ~0.3 ms a frame. Detector boxes between two keyframes then
+    MOTION_FACE px: enough to follow a head, and cheap. Detector boxes between two keyframes then
     follow the real path of the head, not a straight line between the keyframes (heads nod and turn back).
     """
 
@@ -202,7 +202,7 @@ class _Motion:
             cv2 = self._cv2
             g = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
             if n > 1:
-                # a whole shrink factor on a size it divides takes OpenCV's fast area path (~8x faster)
+                # a whole shrink factor on a size it divides takes OpenCV's fast area path
                 h, w = g.shape[0] // n, g.shape[1] // n
                 g = cv2.resize(g[:h * n, :w * n], (w, h), interpolation=cv2.INTER_AREA)
             got = self._small[i] = (n, g)
