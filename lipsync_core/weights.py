@@ -539,9 +539,9 @@ def _cmd_list(args) -> int:
     dest = Path(args.dest) if getattr(args, "dest", None) else default_dir()
     rows = [("name", "file", "size", "licence", "present")]
     for entry in KNOWN.values():
-        where = dest / entry.filename
-        rows.append((entry.name, entry.filename, _human(entry.size), entry.licence_short,
-                     "yes" if where.is_file() else "no"))
+        found = find(entry.name, dest)  # every place the engine looks, not only the folder
+        present = "no" if found is None else "yes" if found == dest / entry.filename else f"yes: {found}"
+        rows.append((entry.name, entry.filename, _human(entry.size), entry.licence_short, present))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

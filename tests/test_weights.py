@@ -315,6 +315,11 @@ def test_list_and_download_commands(server, tmp_path, capsys, monkeypatch):
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert rows["s3fd"].rstrip().endswith("yes") and rows["wav2lip"].rstrip().endswith("no")
     assert "436 MB" in rows["wav2lip_gan"] and "non-commercial" in rows["wav2lip_gan"]
+    # found where the engine would find it: the reference's name for S3FD in the same folder
+    (tmp_path / "s3fd-619a316812.pth").rename(tmp_path / "s3fd.pth")
+    assert run_cli(["weights", "list", "--dest", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["s3fd"].rstrip().endswith(f"yes: {tmp_path / 's3fd.pth'}")
 
     assert run_cli(["weights", "download", "wav2lip", "--dest", str(tmp_path),
                     "--url", f"{server.url}/ok/wav2lip.pth"]) == 0
