@@ -345,3 +345,19 @@ def test_colour_round_trip_is_lossless_in_luma(clips, tmp_path, tag):
         return np.frombuffer(out.stdout, np.uint8).astype(int)
 
     assert np.abs(luma(tmp_path / "rt.mp4") - luma(src)).mean() < 0.25  # default swscale flags: ~1.7
+
+
+@pytest.mark.parametrize("var", ["LIPSYNC_FFPROBE", "LIPSYNC_FFMPEG"])
+def test_a_binary_variable_pointing_at_nothing_says_so(var, tmp_path, monkeypatch):
+    clip = write_video(tmp_path / "c.mp4", astronaut_frames(3))
+    monkeypatch.setenv(var, str(tmp_path / "no-such-binary"))
+    ffbin.ffmpeg_exe.cache_clear()
+    ffbin.ffprobe_exe.cache_clear()
+    try:
+        with pytest.raises(LipsyncError, match=f"{var} is set to .*no-such-binary.*unset it"):
+            probe(clip)
+    finally:
+        monkeypatch.delenv(var)
+        ffbin.ffmpeg_exe.cache_clear()
+        ffbin.ffprobe_exe.cache_clear()
+    assert probe(clip).frames == 3

@@ -23,9 +23,21 @@ SWS_MATRIX = {"bt709": "bt709", "smpte170m": "smpte170m", "bt470bg": "bt470", "b
               "bt2020c": "bt2020", "smpte240m": "smpte240m", "fcc": "fcc"}
 
 
+def _from_env(var: str) -> str | None:
+    """The program an environment variable names (a path or a name on PATH); None when unset."""
+    value = os.environ.get(var)
+    if not value:
+        return None
+    found = shutil.which(value)
+    if found is None:
+        raise LipsyncError(f"{var} is set to {value!r}, which is not a program that can run: "
+                           "point it at the binary or unset it.")
+    return found
+
+
 @functools.cache
 def ffmpeg_exe() -> str:
-    env = os.environ.get("LIPSYNC_FFMPEG")
+    env = _from_env("LIPSYNC_FFMPEG")
     if env:
         return env
     found = shutil.which("ffmpeg")
@@ -44,7 +56,7 @@ def ffmpeg_exe() -> str:
 
 @functools.cache
 def ffprobe_exe() -> str | None:
-    env = os.environ.get("LIPSYNC_FFPROBE")
+    env = _from_env("LIPSYNC_FFPROBE")
     if env:
         return env
     ff = ffmpeg_exe()
