@@ -254,7 +254,7 @@ def _run_interactive(scene_name: str, stop, timeout: float = 120.0):
     stopped = False
     while not ops.pump(bpy.context, job):
         assert time.monotonic() < deadline, "job did not end"
-        if not stopped and job.pipeline.worker is not None and job.pipeline.worker.proc is not None \
+        if not stopped and job.steps.worker is not None and job.steps.worker.proc is not None \
                 and job.total:
             stop(job)
             stopped = True
@@ -272,7 +272,7 @@ def test_cancel_leaves_nothing_behind(configured, made_media):
     job, result, level, msg = _run_interactive("Cancel", lambda job: bpy.ops.lipsync.cancel())
     assert result == {"CANCELLED"} and level == "WARNING" and "Cancelled" in msg
     assert be.fingerprint(bpy.data.scenes["Cancel"]) == before
-    assert job.pipeline.job_dir is not None and not job.pipeline.job_dir.exists()
+    assert job.steps.job_dir is not None and not job.steps.job_dir.exists()
     assert not bpy.data.scenes["Cancel"].lipsync.running
 
 
@@ -280,11 +280,11 @@ def test_killed_worker_is_reported_and_changes_nothing(configured, made_media):
     scene, *_ = _edit("Killed", made_media)
     scene.lipsync.segment_source = "STRIP"
     before = be.fingerprint(scene)
-    job, result, level, msg = _run_interactive("Killed", lambda job: job.pipeline.kill_worker())
+    job, result, level, msg = _run_interactive("Killed", lambda job: job.steps.kill_worker())
     assert result == {"CANCELLED"} and level == "ERROR"
     assert "killed by signal 9" in msg and "not changed" in msg
     assert be.fingerprint(bpy.data.scenes["Killed"]) == before
-    assert not job.pipeline.job_dir.exists()
+    assert not job.steps.job_dir.exists()
 
 
 def _modal(cls):
@@ -344,25 +344,25 @@ def test_modal_escape_cancels(configured, made_media):
     result = _drive(op, on_first_progress=lambda: op.modal(bpy.context, esc))
     assert result == {"CANCELLED"}
     assert be.fingerprint(bpy.data.scenes["Esc"]) == before
-    assert not op._job.pipeline.job_dir.exists()
+    assert not op._job.steps.job_dir.exists()
 
 
 def test_ctrl_c_in_a_background_run_stops_the_worker(configured, made_media):
-    ops, pipeline = be.submodule("ops"), be.submodule("pipeline")
+    ops, job_steps = be.submodule("ops"), be.submodule("job_steps")
     scene, *_ = _edit("Interrupt", made_media)
     scene.lipsync.segment_source = "STRIP"
     before = be.fingerprint(scene)
     seen = {}
 
     def emit(ev):  # stands in for the terminal's Ctrl+C arriving while the engine works
-        worker = seen["pipe"].worker
+        worker = seen["steps"].worker
         if ev.get("event") == "progress" and ev.get("total") and worker is not None:
             seen["proc"] = worker.proc
             raise KeyboardInterrupt
 
-    pipe = seen["pipe"] = pipeline.Pipeline(ops.prepare(bpy.context, "sync"), "sync", emit)
+    steps = seen["steps"] = job_steps.JobSteps(ops.prepare(bpy.context, "sync"), "sync", emit)
     with pytest.raises(KeyboardInterrupt):
-        pipe.run()
+        steps.run()
     assert seen["proc"].wait(timeout=10) is not None  # the engine did not outlive the interrupted run
-    assert not pipe.job_dir.exists()
+    assert not steps.job_dir.exists()
     assert be.fingerprint(bpy.data.scenes["Interrupt"]) == before
