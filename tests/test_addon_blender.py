@@ -7,6 +7,7 @@ Frame maths checked against Blender's own playback (render, mixdown), refusals o
 # ruff: noqa: F811  (pytest fixtures imported from blender_env come back as test arguments)
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -304,6 +305,40 @@ def test_undo_restores_the_timeline_after_apply(configured, made_media, tmp_path
     assert be.fingerprint(bpy.data.scenes["Undo"]) != before
     bpy.ops.ed.undo()
     assert be.fingerprint(bpy.data.scenes["Undo"]) == before
+
+
+def test_result_paths_are_decided_when_the_job_starts(configured, made_media, tmp_path):
+    """Relative or absolute is decided with the snapshot: saving the .blend while a job runs changes nothing."""
+    ops, job_steps, plan, apply = (be.submodule(m) for m in ("ops", "job_steps", "plan", "apply"))
+
+    def run(name: str, save_during_job: Path) -> tuple[str, str]:
+        scene = be.new_scene(name)
+        be.add_edit(scene, made_media)
+        scene.lipsync.segment_source = "STRIP"
+        snap = ops.prepare(bpy.context, "sync")  # the job starts
+        (out,) = _fake_results(made_media, Path(snap.out_dir) / f"{name}-job", [(1, 41)])
+        save_during_job.parent.mkdir(parents=True, exist_ok=True)
+        bpy.ops.wm.save_as_mainfile(filepath=str(save_during_job))  # the editor saves while it runs
+        outcome = job_steps.Outcome("done", clips=[plan.Clip(1, 41, 0, 40, 0.0, out)],
+                                    job_dir=str(Path(out).parent))
+        result, _, msg = ops.conclude(bpy.context, job_steps.JobSteps(snap, "sync"), outcome)
+        assert result == {"FINISHED"}, msg
+        (strip,) = apply.results_for(bpy.data.scenes[name], "clip")
+        return strip.filepath, out
+
+    bpy.ops.wm.read_homefile(use_empty=True)  # a new, unsaved file: results go to the extension's cache
+    try:
+        path, out = run("Unsaved", tmp_path / "project" / "edit.blend")
+        assert Path(out).is_relative_to(be.submodule("prefs").user_dir())
+        # absolute: a path relative to the .blend saved meanwhile would tie the project to the cache's location
+        assert not path.startswith("//") and path == out, path
+        # saved at the start, saved elsewhere during the job: relative, and it still finds the file
+        path, out = run("Saved", tmp_path / "elsewhere" / "moved.blend")
+        assert Path(out).parent.parent == tmp_path / "project" / "lipsync"
+        assert path.startswith("//") and Path(bpy.path.abspath(path)).resolve() == Path(out).resolve(), path
+    finally:
+        shutil.rmtree(Path(be.submodule("prefs").user_dir()) / "results" / "Unsaved-job", ignore_errors=True)
+        bpy.ops.wm.read_homefile(use_empty=True)  # later tests start from an unsaved file again
 
 
 # ---------------------------------------------------------------------------- interface pieces

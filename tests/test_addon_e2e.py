@@ -366,3 +366,47 @@ def test_ctrl_c_in_a_background_run_stops_the_worker(configured, made_media):
     assert seen["proc"].wait(timeout=10) is not None  # the engine did not outlive the interrupted run
     assert not steps.job_dir.exists()
     assert be.fingerprint(bpy.data.scenes["Interrupt"]) == before
+
+
+class _RunsACommand:
+    """Unpickling this runs a shell command: a checkpoint that carries code (harmless here: it makes a file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(str(self.path))}",))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_with_the_workers_own_message(configured, made_media, tmp_path):
+    import re
+
+    import torch
+
+    from lipsync_core.errors import LipsyncError
+    from lipsync_core.model import load_model
+
+    ran = tmp_path / "the payload ran"
+    evil = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": _RunsACommand(ran)}, evil)
+    with pytest.raises(LipsyncError) as engine_says:  # what the engine itself says about this file
+        load_model(evil)
+    expected = str(engine_says.value)
+    assert not ran.exists()
+
+    configured.checkpoint_path = str(evil)
+    scene, *_ = _edit("Evil", made_media)
+    scene.lipsync.segment_source = "STRIP"
+    before = be.fingerprint(scene)
+    ops, job_steps = be.submodule("ops"), be.submodule("job_steps")
+    steps = job_steps.JobSteps(ops.prepare(bpy.context, "sync"), "sync")
+    outcome = steps.run()  # the real worker process
+    assert outcome.status == "error" and outcome.message == expected  # passed on as it is, nothing added
+    assert steps.job_dir is not None and not steps.job_dir.exists()
+    with pytest.raises(RuntimeError, match=re.escape(expected.splitlines()[0])):  # the operator reports it
+        bpy.ops.lipsync.sync()
+    assert not ran.exists(), "the checkpoint's code ran"
+    assert be.fingerprint(bpy.data.scenes["Evil"]) == before
