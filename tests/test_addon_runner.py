@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,21 @@ from addon import worker_client
 from addon.runner import Runner, RunnerError, json_event, run_to_end
 
 PY = sys.executable
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it counts as gone)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.is_dir() and Path("/proc/self").exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_lines_in_order_exit_code_and_merged_stderr():
@@ -54,9 +70,7 @@ def test_cancel_sigterm_then_kill():
     assert r.cancelled and r.returncode == -9 and time.monotonic() - t0 < 10
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
+        if not _alive(child):
             break
         time.sleep(0.05)
     else:
