@@ -6,6 +6,7 @@ placed is tagged (custom properties, "LS " names) so a second run replaces it in
 
 from __future__ import annotations
 
+import math
 import os
 
 import bpy
@@ -86,9 +87,9 @@ def align_padded(scene, src, dst) -> tuple[int, int]:
     H.264 (yuv420p) needs even sizes, so the engine adds one edge column on the right and/or one row at the
     bottom: the result is 1 px wider/taller, and Blender centring both would show its picture up to a pixel
     off the movie under it. The extra column/row is cropped, and the offset moves the result's picture onto the
-    source's (Blender's integer centring, and the half pixel a scale around the image centre adds). Call after
-    the look is copied. Depends on the render size: changing its parity later needs a new Lip Sync run.
-    Returns the padding (columns, rows) that was lined up.
+    source's: Blender's integer centring, plus where the bigger image's pivot (transform origin) sits, scaled and
+    rotated as the source is (checked by rendering, flips included). Call after the look is copied. Depends on
+    the render size: another parity later needs a new Lip Sync run. Returns the padding (columns, rows).
     """
     src_size, dst_size = _size(src), _size(dst)
     if src_size is None or dst_size is None:
@@ -96,13 +97,18 @@ def align_padded(scene, src, dst) -> tuple[int, int]:
     dw, dh = dst_size[0] - src_size[0], dst_size[1] - src_size[1]
     if dw not in (0, 1) or dh not in (0, 1) or dw > src_size[0] % 2 or dh > src_size[1] % 2 or not (dw or dh):
         return (0, 0)  # not the even-size padding: leave it as the source's look says
-    cx, cy = scene.render.resolution_x, scene.render.resolution_y
     t_src, t = src.transform, dst.transform
-    # Blender's y points up: the padding row is the image's first (bottom) row, the picture sits above it.
+    ox, oy = (tuple(t_src.origin) if hasattr(t_src, "origin") else (0.5, 0.5))
+    # Blender's y points up: the padding row is the image's bottom row, so the picture sits dh rows higher in
+    # the result; the pivot moves by (dw * ox, dh * oy). Both differences go through scale and rotation.
+    vx, vy = -dw * ox * t_src.scale_x, dh * (1 - oy) * t_src.scale_y
+    rot = float(getattr(t_src, "rotation", 0.0))
+    rx, ry = math.cos(rot) * vx - math.sin(rot) * vy, math.sin(rot) * vx + math.cos(rot) * vy
+    cx, cy = scene.render.resolution_x, scene.render.resolution_y
     t.offset_x = (t_src.offset_x + _center_offset(cx, src_size[0]) - _center_offset(cx, dst_size[0])
-                  - dw * 0.5 * (1 - t_src.scale_x))
+                  - rx - dw * ox)
     t.offset_y = (t_src.offset_y + _center_offset(cy, src_size[1]) - _center_offset(cy, dst_size[1])
-                  - dh * 0.5 * (1 + t_src.scale_y))
+                  - ry - dh * oy)
     dst.crop.max_x = src.crop.max_x + dw  # right
     dst.crop.min_y = src.crop.min_y + dh  # bottom
     return (dw, dh)

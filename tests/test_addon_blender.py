@@ -505,3 +505,9 @@ def test_odd_sized_movie_result_lines_up_to_the_pixel(configured, made_media, tm
     movie.transform.offset_x = 3
     snap = ops.prepare(bpy.context, "sync")
     assert placed_psnr("scaled") > 38
+    # rotated about a moved pivot, and flipped
+    movie.transform.scale_x = movie.transform.scale_y = 1.5
+    movie.transform.rotation, movie.transform.origin = 0.5, (0.3, 0.6)
+    movie.use_flip_x = movie.use_flip_y = True
+    snap = ops.prepare(bpy.context, "sync")
+    assert placed_psnr("rotated") > 38
