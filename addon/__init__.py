@@ -2,14 +2,15 @@
 
 The engine runs in its own process (`<python with torch> -m lipsync_core.worker`); this package never imports
 torch or lipsync_core. Each module registers its own classes; unregister runs in reverse. The bpy modules are
-imported in register() so the pure ones (timeline, plan, pipeline, engine) import without Blender for tests.
+imported in register() so the pure ones (timeline, plan, job_steps, worker_client, runner) import without
+Blender for tests.
 """
 
 
 def _modules():
-    from . import jobs, ops, prefs, props, ui
+    from . import helper_ops, jobs, ops, prefs, props, setup_ops, ui, weights_ops
 
-    return (prefs, props, jobs, ops, ui)
+    return (prefs, props, jobs, ops, helper_ops, setup_ops, weights_ops, ui)
 
 
 def register():

@@ -6,13 +6,14 @@ placed is tagged (custom properties, "LS " names) so a second run replaces it in
 
 from __future__ import annotations
 
+import math
 import os
 
 import bpy
 
 from . import compat, snapshot
 from . import timeline as tl
-from .pipeline import Outcome
+from .job_steps import Outcome
 from .plan import Clip, PlanError, Snapshot
 
 ROLE = "lipsync_role"  # "result" on strips this add-on made
@@ -66,6 +67,53 @@ def _copy_look(src, dst) -> None:
             setattr(dst, attr, getattr(src, attr))
 
 
+def _size(strip) -> tuple[int, int] | None:
+    """The movie's frame size as Blender read it from the file (None when it could not be read)."""
+    elements = getattr(strip, "elements", None)
+    if not elements:
+        return None
+    w, h = int(elements[0].orig_width), int(elements[0].orig_height)
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _center_offset(canvas: int, image: int) -> int:
+    # Blender centres a strip's image at (canvas - image) / 2 in C integer division: truncated toward zero.
+    return int((canvas - image) / 2)
+
+
+def align_padded(scene, src, dst) -> tuple[int, int]:
+    """Line up a result the engine padded to even size with its odd-sized source movie, to the pixel.
+
+    H.264 (yuv420p) needs even sizes, so the engine adds one edge column on the right and/or one row at the
+    bottom: the result is 1 px wider/taller, and Blender centring both would show its picture up to a pixel
+    off the movie under it. The extra column/row is cropped, and the offset moves the result's picture onto the
+    source's: Blender's integer centring, plus where the bigger image's pivot (transform origin) sits, scaled and
+    rotated as the source is (checked by rendering, flips included). Call after the look is copied. Depends on
+    the render size: another parity later needs a new Lip Sync run. Returns the padding (columns, rows).
+    """
+    src_size, dst_size = _size(src), _size(dst)
+    if src_size is None or dst_size is None:
+        return (0, 0)
+    dw, dh = dst_size[0] - src_size[0], dst_size[1] - src_size[1]
+    if dw not in (0, 1) or dh not in (0, 1) or dw > src_size[0] % 2 or dh > src_size[1] % 2 or not (dw or dh):
+        return (0, 0)  # not the even-size padding: leave it as the source's look says
+    t_src, t = src.transform, dst.transform
+    ox, oy = (tuple(t_src.origin) if hasattr(t_src, "origin") else (0.5, 0.5))
+    # Blender's y points up: the padding row is the image's bottom row, so the picture sits dh rows higher in
+    # the result; the pivot moves by (dw * ox, dh * oy). Both differences go through scale and rotation.
+    vx, vy = -dw * ox * t_src.scale_x, dh * (1 - oy) * t_src.scale_y
+    rot = float(getattr(t_src, "rotation", 0.0))
+    rx, ry = math.cos(rot) * vx - math.sin(rot) * vy, math.sin(rot) * vx + math.cos(rot) * vy
+    cx, cy = scene.render.resolution_x, scene.render.resolution_y
+    t.offset_x = (t_src.offset_x + _center_offset(cx, src_size[0]) - _center_offset(cx, dst_size[0])
+                  - rx - dw * ox)
+    t.offset_y = (t_src.offset_y + _center_offset(cy, src_size[1]) - _center_offset(cy, dst_size[1])
+                  - ry - dh * oy)
+    dst.crop.max_x = src.crop.max_x + dw  # right
+    dst.crop.min_y = src.crop.min_y + dh  # bottom
+    return (dw, dh)
+
+
 def result_channel(scene, video, clips: list[Clip], ignore: set[str] = frozenset()) -> int:
     """First channel above the video free over every clip's range, not counting the strips in `ignore`."""
     rows = [(int(s.channel), int(s.frame_final_start), int(s.frame_final_end))
@@ -101,6 +149,7 @@ def place_results(scene, video, clips: list[Clip], relative: bool) -> list:
             if strip.frame_final_end > c.end:  # noqa: PLR1730  (only touch handles when needed: it may move the strip)
                 strip.frame_final_end = c.end
             _copy_look(video, strip)
+            align_padded(scene, video, strip)
     except Exception:
         for strip in made:  # all or nothing
             compat.remove_strip(se, strip)

@@ -1,4 +1,5 @@
-"""The one running job: a thread runs the pipeline and only queues its events; the main thread drains them.
+"""The one running job: a thread runs its steps (job_steps.py) and only queues their events; the main thread
+drains them.
 
 Module state is plain Python (not bpy data) so undo or a file load cannot desync it; a file load cancels
 the job (its results would belong to the closed file).
@@ -12,14 +13,14 @@ import threading
 import bpy
 from bpy.app.handlers import persistent
 
-from .pipeline import Outcome, Pipeline
+from .job_steps import JobSteps, Outcome
 
 current: Job | None = None
 
 
 class Job:
-    def __init__(self, pipeline: Pipeline, scene_name: str) -> None:
-        self.pipeline = pipeline
+    def __init__(self, steps: JobSteps, scene_name: str) -> None:
+        self.steps = steps
         self.scene_name = scene_name
         self.events: queue.Queue = queue.Queue()
         self.outcome: Outcome | None = None
@@ -27,7 +28,7 @@ class Job:
         self.done = 0
         self.total: int | None = None
         self.last_log = ""
-        pipeline.emit = self.events.put  # the thread only queues; bpy is touched by drain()'s caller
+        steps.emit = self.events.put  # the thread only queues; bpy is touched by drain()'s caller
         self._thread = threading.Thread(target=self._run, name="lipsync-job", daemon=True)
 
     def start(self) -> Job:
@@ -35,7 +36,7 @@ class Job:
         return self
 
     def _run(self) -> None:
-        out = self.pipeline.run()
+        out = self.steps.run()
         self.events.put({"event": "_finished", "outcome": out})
 
     def drain(self) -> list[dict]:
@@ -70,7 +71,7 @@ class Job:
         return f"{self.stage}{count}"
 
     def cancel(self) -> None:
-        self.pipeline.cancel()
+        self.steps.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -81,11 +82,11 @@ class Job:
         return self.outcome is not None
 
 
-def start(pipeline: Pipeline, scene_name: str) -> Job:
+def start(steps: JobSteps, scene_name: str) -> Job:
     global current
     if current is not None:
         raise RuntimeError("a lip-sync job is already running")
-    current = Job(pipeline, scene_name).start()
+    current = Job(steps, scene_name).start()
     return current
 
 
@@ -122,5 +123,5 @@ def unregister() -> None:
     if current is not None:
         current.cancel()
         current.wait(timeout=20)
-        current.pipeline.discard()
+        current.steps.discard()
         current = None

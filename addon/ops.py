@@ -1,18 +1,17 @@
-"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel (and registers setup_ops' and weights_ops'
-set-up / download operators).
+"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel.
 
 In the interface a job runs modal: the worker in a subprocess, a thread that only queues its events, and a
 timer in the modal that applies them here on the main thread. From scripts (EXEC) and in background mode the
-same pipeline runs to completion before the operator returns. One job at a time (poll).
+same steps run to completion before the operator returns. One job at a time (poll).
 """
 
 from __future__ import annotations
 
 import bpy
 
-from . import apply, compat, jobs, setup_ops, snapshot, weights_ops
+from . import apply, compat, jobs, snapshot
+from .job_steps import JobSteps, Outcome
 from .modal import BlockingOrModal
-from .pipeline import Outcome, Pipeline
 from .plan import PlanError, precheck
 
 TIMER_S = 0.1
@@ -29,7 +28,7 @@ def prepare(context, command: str):
 def start_job(context, command: str) -> jobs.Job:
     """Start a job on its thread (what the modal operator does); raises PlanError for bad input."""
     snap = prepare(context, command)
-    job = jobs.start(Pipeline(snap, command), snap.scene)
+    job = jobs.start(JobSteps(snap, command), snap.scene)
     _show(context, job, running=True)
     return job
 
@@ -41,24 +40,23 @@ def pump(context, job: jobs.Job) -> bool:
     return job.finished
 
 
-def conclude(context, job_or_pipeline, outcome: Outcome) -> tuple[set, str, str]:
+def conclude(context, job_or_steps, outcome: Outcome) -> tuple[set, str, str]:
     """Put a finished job on the timeline; returns (operator result, report level, message)."""
-    pipe = job_or_pipeline.pipeline if isinstance(job_or_pipeline, jobs.Job) else job_or_pipeline
-    if isinstance(job_or_pipeline, jobs.Job):
-        jobs.release(job_or_pipeline)
-    snap = pipe.snap
+    steps = job_or_steps.steps if isinstance(job_or_steps, jobs.Job) else job_or_steps
+    if isinstance(job_or_steps, jobs.Job):
+        jobs.release(job_or_steps)
+    snap = steps.snap
     scene = bpy.data.scenes.get(snap.scene)
     if outcome.status == "done" and scene is None:
-        pipe.discard()
+        steps.discard()
         outcome = Outcome("error", f"Scene '{snap.scene}' was renamed or removed while lip sync ran; nothing was "
                                    "changed.")
     if outcome.status == "done":
         try:
-            _, relative = snapshot.output_dir()
-            summary = apply.apply_outcome(scene, snap, outcome, relative)
+            summary = apply.apply_outcome(scene, snap, outcome, snap.relative_paths)
             result, level, msg = {"FINISHED"}, "INFO", f"Lip Sync: {summary}"
         except PlanError as exc:  # refused before any change: its files are of no use
-            pipe.discard()
+            steps.discard()
             result, level, msg = {"CANCELLED"}, "ERROR", str(exc)
         except Exception as exc:  # noqa: BLE001  (a bug; strips may point at the files, so they stay)
             result, level, msg = {"CANCELLED"}, "ERROR", f"Applying the lip-sync results failed: {exc!r}"
@@ -114,9 +112,9 @@ class _JobOperator(BlockingOrModal):
                 last[0] = ev.get("stage")
                 print(f"lipsync: {last[0]}")
 
-        pipe = Pipeline(snap, self.command, emit)
-        outcome = pipe.run()
-        result, level, msg = conclude(context, pipe, outcome)
+        steps = JobSteps(snap, self.command, emit)
+        outcome = steps.run()
+        result, level, msg = conclude(context, steps, outcome)
         self.report({level}, msg)
         return result
 
@@ -150,7 +148,7 @@ class _JobOperator(BlockingOrModal):
         """Blender ends the modal (file load, window closed): stop the job, leave the timeline alone."""
         self._job.cancel()
         self._job.wait(timeout=20)
-        self._job.pipeline.discard()
+        self._job.steps.discard()
         jobs.release(self._job)
         self._end_modal(context)
 
@@ -204,15 +202,4 @@ class LIPSYNC_OT_cancel(bpy.types.Operator):
 classes = (LIPSYNC_OT_detect_segments, LIPSYNC_OT_sync, LIPSYNC_OT_cancel)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-    setup_ops.register()
-    weights_ops.register()
-
-
-def unregister():
-    weights_ops.unregister()
-    setup_ops.unregister()
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

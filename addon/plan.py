@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import timeline as tl
-from .timeline import Segment, Timing
+from .timeline import TimelineSegment, Timing
 
 
 class PlanError(Exception):
@@ -43,6 +43,7 @@ class Snapshot:
     checkpoint: str = ""
     device: str = "auto"
     out_dir: str = ""
+    relative_paths: bool = False  # results placed with paths relative to the .blend (it was saved at the start)
     cache_dir: str = ""  # the engine's detection cache
     options: dict = field(default_factory=dict)
 
@@ -68,33 +69,36 @@ def segments_job(snap: Snapshot) -> dict:
                         "min_segment_seconds": snap.options.get("min_segment_seconds", 0.5)}}
 
 
-def _int(d: dict, *keys: str) -> int:
-    for k in keys:
-        if k in d and d[k] is not None:
-            return int(d[k])
-    raise KeyError(keys[0])
-
-
 def detected_ranges(result: dict) -> list[tuple[int, int, bool]]:
-    """The worker's segments result -> (src_start, src_end, face) rows."""
+    """The worker's segments result -> (src_start, src_end, face) rows.
+
+    Exactly the contract's keys (docs/CONTRACTS.md): `start_frame`, `end_frame` (source frames, end exclusive)
+    and `face`. Anything else means engine and add-on do not match; guessing would misplace every marker.
+    """
     rows = result.get("segments")
-    if rows is None:
+    if not isinstance(rows, list):
         raise PlanError("The engine's answer has no segments; engine and add-on do not match, reinstall the add-on.")
     out = []
     for r in rows:
-        face = r.get("face", r.get("has_face", True))
-        out.append((_int(r, "start_frame", "start"), _int(r, "end_frame", "end"), bool(face)))
+        try:
+            start, end, face = r["start_frame"], r["end_frame"], r["face"]
+            if not isinstance(face, bool):
+                raise TypeError("face")
+            out.append((int(start), int(end), face))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"The engine's segment {r!r} lacks start_frame, end_frame or face ({exc}); engine and "
+                            "add-on do not match, reinstall the add-on.") from exc
     return out
 
 
-def detected_segments(snap: Snapshot, result: dict) -> list[Segment]:
+def detected_segments(snap: Snapshot, result: dict) -> list[TimelineSegment]:
     """Detection result -> segments in timeline frames covering the video strip's visible range exactly."""
     t = snap.video.timing
     rows = [(tl.timeline_frame(t, s), tl.timeline_frame(t, e), f) for s, e, f in detected_ranges(result)]
     return tl.cover(rows, *t.visible)
 
 
-def marker_segments(snap: Snapshot) -> list[Segment]:
+def marker_segments(snap: Snapshot) -> list[TimelineSegment]:
     lo, hi = snap.video.timing.visible
     segs = tl.segments_from_markers(list(snap.markers), lo, hi)
     if not segs:
@@ -152,7 +156,7 @@ def new_job_dir(snap: Snapshot) -> Path:
     return path
 
 
-def sync_clips(snap: Snapshot, segments: list[Segment], job_dir: Path) -> list[Clip]:
+def sync_clips(snap: Snapshot, segments: list[TimelineSegment], job_dir: Path) -> list[Clip]:
     """Face segments, cut to where the audio strip plays, -> clips with source frames and audio seconds."""
     assert snap.audio is not None
     clips: list[Clip] = []

@@ -1,5 +1,6 @@
 """Add-on preferences: which Python runs the engine, which checkpoint, which device; the Check button, and the
-Set up Engine / Download Weights buttons (setup_ops.py, weights_ops.py)."""
+Set up Engine / Download Weights buttons (setup_ops.py, weights_ops.py), drawn by their bl_idname so that this
+module imports neither (they read the preferences from here)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import engine
+from . import helper_ops, worker_client
 
 PACKAGE = __package__
-_last_check: dict[str, str] = {}  # python path -> the Check button's last answer, shown in the preferences
+last_check: dict[str, str] = {}  # python path -> the last Check (or set-up) answer, shown in the preferences
+
+# The generator checkpoints the engine knows (lipsync_core.weights.KNOWN); s3fd is the detector, not offered here.
+GENERATORS = (
+    ("wav2lip_gan", "Wav2Lip GAN", "Sharper mouth, slightly weaker sync: the usual choice (~436 MB)"),
+    ("wav2lip", "Wav2Lip", "Most accurate sync, slightly blurrier mouth (~436 MB)"),
+)
+LICENCE_NOTE = "Wav2Lip weights: personal / research / non-commercial use only (see the licence)."
 
 
 def get(context=None):
@@ -39,9 +47,14 @@ def _user_dir_if_any() -> Path | None:
         return None
 
 
+def online_access() -> bool:
+    """Blender's "Allow Online Access" preference (read-only in Python; tests replace this function)."""
+    return bool(getattr(bpy.app, "online_access", True))
+
+
 def found_python() -> tuple[str, str] | None:
     """(path, where from) of an engine Python found without the preference."""
-    return engine.find_python(_user_dir_if_any())
+    return worker_client.find_python(_user_dir_if_any())
 
 
 def engine_python(p) -> str:
@@ -53,7 +66,8 @@ def engine_python(p) -> str:
 
 
 class LIPSYNC_OT_check_python(bpy.types.Operator):
-    """Run the engine Python once and report whether it has torch, its version and whether CUDA is available"""
+    """Run the engine's worker once (its check command) and report whether it has torch, its version and whether
+    CUDA / MPS are available"""
 
     bl_idname = "lipsync.check_python"
     bl_label = "Check"
@@ -65,14 +79,13 @@ class LIPSYNC_OT_check_python(bpy.types.Operator):
             self.report({"ERROR"}, "No engine Python set or found; set Python to one with torch installed.")
             return {"CANCELLED"}
         try:
-            info = engine.probe_python(python, use_cache=False)
-        except engine.EngineError as exc:
-            _last_check[python] = str(exc)
+            info = worker_client.check_python(python, use_cache=False)
+        except worker_client.WorkerError as exc:
+            last_check[python] = str(exc)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        text = (f"torch {info['torch']} (Python {info.get('python', '?')}), "
-                f"CUDA: {'yes' if info['cuda'] else 'no'}, MPS: {'yes' if info.get('mps') else 'no'}")
-        _last_check[python] = text
+        text = worker_client.describe(info)
+        last_check[python] = text
         self.report({"INFO"}, text)
         return {"FINISHED"}
 
@@ -102,9 +115,8 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
     weights_model: EnumProperty(
         name="Weights",
         description="Which Wav2Lip generator Download Weights fetches",
-        items=[("wav2lip_gan", "Wav2Lip GAN", "Sharper mouth, slightly weaker sync: the usual choice (~436 MB)"),
-               ("wav2lip", "Wav2Lip", "Most accurate sync, slightly blurrier mouth (~436 MB)")],
-        default="wav2lip_gan",
+        items=list(GENERATORS),
+        default=GENERATORS[0][0],
     )
 
     def draw(self, context):
@@ -120,8 +132,8 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
             else:
                 layout.label(text="No Python with torch found: set one (python build.py setup makes "
                                   ".venv/bin/python in a checkout)", icon="ERROR")
-        if python in _last_check:
-            layout.label(text=_last_check[python])
+        if python in last_check:
+            layout.label(text=last_check[python])
         _draw_setup(layout)
         layout.prop(self, "checkpoint_path")
         _draw_weights(self, layout)
@@ -130,27 +142,23 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
 
 def _draw_setup(layout) -> None:
     """Module functions, not methods: tests draw the preferences with a stand-in `self`."""
-    from . import setup_ops
-
     box = layout.box()
     row = box.row()
-    row.operator(setup_ops.LIPSYNC_OT_setup_engine.bl_idname, icon="CONSOLE")
+    row.operator("lipsync.setup_engine", icon="CONSOLE")
     row.label(text=f"Installs torch and the engine (several GB) into {_setup_target()}")
-    setup_ops.draw_status(box, "setup")
+    helper_ops.draw_status(box, "setup")
 
 
 def _draw_weights(p, layout) -> None:
-    from . import setup_ops, weights_ops
-
     box = layout.box()
     row = box.row(align=True)
     row.prop(p, "weights_model", text="")
-    row.operator(weights_ops.LIPSYNC_OT_download_weights.bl_idname, icon="IMPORT")
-    if not weights_ops.online_access():
+    row.operator("lipsync.download_weights", icon="IMPORT")
+    if not online_access():
         box.label(text="Online access is off: allow it in Preferences > System > Network, or download "
                        "the weights by hand and set Checkpoint", icon="ERROR")
-    box.label(text=weights_ops.LICENCE_NOTE, icon="INFO")
-    setup_ops.draw_status(box, "weights")
+    box.label(text=LICENCE_NOTE, icon="INFO")
+    helper_ops.draw_status(box, "weights")
 
 
 def _setup_target() -> str:

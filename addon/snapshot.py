@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from . import compat, engine, prefs
+from . import compat, prefs, worker_client
 from . import timeline as tl
 from .plan import PlanError, Snapshot, StripRef
 
@@ -168,15 +168,15 @@ def take(context, command: str) -> Snapshot:
     if not python:
         raise PlanError("No engine Python: set Preferences > Add-ons > Lip Sync > Python to a Python with torch "
                         "(python build.py setup makes .venv/bin/python in a checkout).")
-    if not engine.core_dir():
+    if not worker_client.core_dir():
         raise PlanError("lipsync_core is missing from the extension; reinstall the Lip Sync extension.")
-    out_dir, _relative = output_dir()
+    out_dir, relative = output_dir()  # decided now: saving the .blend during the job must not change it
     return Snapshot(
         scene=scene.name, fps=fps, video=ref(video, float(getattr(video, "fps", 0.0) or fps)),
         audio=ref(audio) if audio is not None else None,
         markers=tuple((int(m.frame), m.name) for m in scene.timeline_markers),
         segment_source=settings.segment_source, blend=settings.blend_mode,
         pads=tuple(int(v) for v in settings.pads), python=python, checkpoint=checkpoint,
-        device=p.device.lower() if p is not None else "auto", out_dir=out_dir,
+        device=p.device.lower() if p is not None else "auto", out_dir=out_dir, relative_paths=relative,
         cache_dir=str(Path(prefs.user_dir()) / "cache"),
     )

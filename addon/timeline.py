@@ -93,7 +93,7 @@ def first_free_channel(strips: list[tuple[int, int, int]], above: int,
 
 
 @dataclass(frozen=True)
-class Segment:
+class TimelineSegment:
     start: int  # timeline frames, end exclusive
     end: int
     face: bool | None  # None: not known yet (markers placed by hand)
@@ -116,17 +116,17 @@ def markers_in_range(markers: list[tuple[int, str]], lo: int, hi: int) -> list[t
     return sorted((f, n) for f, n in markers if lo <= f <= hi)
 
 
-def segments_from_markers(markers: list[tuple[int, str]], lo: int, hi: int) -> list[Segment]:
+def segments_from_markers(markers: list[tuple[int, str]], lo: int, hi: int) -> list[TimelineSegment]:
     """Consecutive marker pairs inside [lo, hi] -> segments; face status from our own marker names."""
     inside = markers_in_range(markers, lo, hi)
-    segs: list[Segment] = []
+    segs: list[TimelineSegment] = []
     for (f0, name), (f1, _) in pairwise(inside):
         if f1 > f0:
-            segs.append(Segment(f0, f1, face_from_marker_name(name)))
+            segs.append(TimelineSegment(f0, f1, face_from_marker_name(name)))
     return segs
 
 
-def markers_for_segments(segments: list[Segment]) -> list[tuple[int, str]]:
+def markers_for_segments(segments: list[TimelineSegment]) -> list[tuple[int, str]]:
     """One marker at each segment start saying which side has a face, plus one at the last end."""
     out = [(s.start, MARKER_FACE if s.face else MARKER_NOFACE) for s in segments]
     if segments:
@@ -138,20 +138,20 @@ def is_own_marker(name: str) -> bool:
     return name.startswith(MARKER_PREFIX)
 
 
-def cover(ranges: list[tuple[int, int, bool]], lo: int, hi: int) -> list[Segment]:
+def cover(ranges: list[tuple[int, int, bool]], lo: int, hi: int) -> list[TimelineSegment]:
     """Face/no-face ranges (any order, gaps allowed) -> segments covering [lo, hi) exactly.
 
     Gaps count as no face; neighbours with the same status are merged.
     """
-    segs: list[Segment] = []
+    segs: list[TimelineSegment] = []
 
     def push(s: int, e: int, face: bool) -> None:
         if e <= s:
             return
         if segs and segs[-1].face == face and segs[-1].end == s:
-            segs[-1] = Segment(segs[-1].start, e, face)
+            segs[-1] = TimelineSegment(segs[-1].start, e, face)
         else:
-            segs.append(Segment(s, e, face))
+            segs.append(TimelineSegment(s, e, face))
 
     pos = lo
     for s, e, face in sorted(ranges):
@@ -166,7 +166,7 @@ def cover(ranges: list[tuple[int, int, bool]], lo: int, hi: int) -> list[Segment
     return segs
 
 
-def face_fraction(seg: Segment, face_ranges: list[tuple[int, int]]) -> float:
+def face_fraction(seg: TimelineSegment, face_ranges: list[tuple[int, int]]) -> float:
     """Fraction of seg's frames inside any of face_ranges (assumed not to overlap each other)."""
     if seg.length <= 0:
         return 0.0
@@ -174,9 +174,9 @@ def face_fraction(seg: Segment, face_ranges: list[tuple[int, int]]) -> float:
     return covered / seg.length
 
 
-def label_segments(segments: list[Segment], face_ranges: list[tuple[int, int]],
-                   min_fraction: float = 0.5) -> list[Segment]:
+def label_segments(segments: list[TimelineSegment], face_ranges: list[tuple[int, int]],
+                   min_fraction: float = 0.5) -> list[TimelineSegment]:
     """Fill in face status where it is unknown: a face on at least `min_fraction` of the segment's frames."""
-    return [s if s.face is not None else Segment(s.start, s.end, face_fraction(s, face_ranges) >= min_fraction)
+    return [s if s.face is not None else TimelineSegment(s.start, s.end, face_fraction(s, face_ranges) >= min_fraction)
             for s in segments]
 

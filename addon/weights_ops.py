@@ -6,38 +6,27 @@ structure, which needs torch: hence the engine Python) and only then moves it in
 of its growing `<file>.part` against the recorded size; the command prints `NAME: PATH` when done.
 
 Blender's "Allow Online Access" (Preferences > System > Network, `bpy.app.online_access`) is respected: with it
-off the operator refuses and says how to get the weights by hand. `online_access()` is a module function so that
-tests can stand in for the read-only `bpy.app.online_access` (which is False in bpy's module mode).
+off the operator refuses and says how to get the weights by hand (`prefs.online_access()`).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import engine, prefs
-from .setup_ops import HelperOperator, HelperProcess, Refused
+from . import prefs, worker_client
+from .helper_ops import HelperOperator, HelperTask, Refused
+from .prefs import GENERATORS
+from .runner import RunnerError, run_to_end
 
-# The generator checkpoints the engine knows (lipsync_core.weights.KNOWN); s3fd is the detector, not offered here.
-GENERATORS = (
-    ("wav2lip_gan", "Wav2Lip GAN", "Sharper mouth, slightly weaker sync: the usual choice (~436 MB)"),
-    ("wav2lip", "Wav2Lip", "Most accurate sync, slightly blurrier mouth (~436 MB)"),
-)
-LICENCE_NOTE = "Wav2Lip weights: personal / research / non-commercial use only (see the licence)."
 INFO_CODE = (
     "import json, sys; from lipsync_core.weights import get; e = get(sys.argv[1]); "
     "print(json.dumps({'filename': e.filename, 'size': e.size, 'licence_short': e.licence_short, "
     "'licence': e.licence}))"
 )
-
-
-def online_access() -> bool:
-    """Blender's "Allow Online Access" preference (read-only in Python; tests replace this function)."""
-    return bool(getattr(bpy.app, "online_access", True))
 
 
 def offline_message(name: str) -> str:
@@ -53,13 +42,12 @@ def default_dir() -> Path:
 
 def entry_info(python: str, name: str) -> dict:
     """File name, recorded size and licence of checkpoint `name`, asked from the bundled registry (no torch)."""
-    core = engine.core_dir()
+    core = worker_client.core_dir()
     try:
-        proc = subprocess.run([python, "-c", INFO_CODE, name], capture_output=True, text=True, timeout=60,
-                              env=engine.subprocess_env(), cwd=str(core) if core else None,
-                              stdin=subprocess.DEVNULL, check=False)
-        info = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        rc, lines = run_to_end([python, "-c", INFO_CODE, name], 60.0, env=worker_client.subprocess_env(),
+                               cwd=str(core) if core else None)
+        info = json.loads(lines[-1]) if rc == 0 else {}
+    except (RunnerError, ValueError, IndexError):
         info = {}
     info.setdefault("filename", f"{name}.pth")
     info.setdefault("size", None)
@@ -71,12 +59,12 @@ def mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.0f} MB"
 
 
-class DownloadProcess(HelperProcess):
+class DownloadTask(HelperTask):
     kind = "weights"
     title = "Weights download"
 
     def __init__(self, python: str, name: str, dest: Path, info: dict) -> None:
-        core = engine.core_dir()
+        core = worker_client.core_dir()
         if core is None:
             raise Refused("lipsync_core is missing from the extension; reinstall the Lip Sync extension.")
         self.name = name
@@ -85,7 +73,7 @@ class DownloadProcess(HelperProcess):
         self.final = self.dest / info["filename"]
         self.part = self.final.with_name(self.final.name + ".part")
         super().__init__([python, "-m", "lipsync_core", "weights", "download", name, "--dest", str(self.dest)],
-                         engine.subprocess_env(), str(core))
+                         worker_client.subprocess_env(), str(core))
         self.total = info.get("size")
         self.stage = f"connecting for {self.final.name}"
 
@@ -137,12 +125,12 @@ class LIPSYNC_OT_download_weights(HelperOperator, bpy.types.Operator):
         subtype="DIR_PATH", options={"SKIP_SAVE", "HIDDEN"},
     )
 
-    def make(self, context) -> HelperProcess:
+    def make(self, context) -> HelperTask:
         p = prefs.get(context)
         name = self.model
         if name == "PREFERENCES":
             name = p.weights_model if p is not None else GENERATORS[0][0]
-        if not online_access():
+        if not prefs.online_access():
             raise Refused(offline_message(name))
         python = prefs.engine_python(p)
         if not python or not Path(python).is_file():
@@ -152,9 +140,9 @@ class LIPSYNC_OT_download_weights(HelperOperator, bpy.types.Operator):
         info = entry_info(python, name)
         print(f"lipsync: downloading {info['filename']} ({mb(info.get('size'))}) into {dest}")
         print(f"lipsync: licence: {info.get('licence') or info['licence_short']}")
-        return DownloadProcess(python, name, dest, info)
+        return DownloadTask(python, name, dest, info)
 
-    def apply(self, context, task: HelperProcess, outcome: dict) -> None:
+    def apply(self, context, task: HelperTask, outcome: dict) -> None:
         p = prefs.get(context)
         if p is None:
             raise RuntimeError("the Lip Sync preferences are not available")

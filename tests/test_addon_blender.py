@@ -7,6 +7,7 @@ Frame maths checked against Blender's own playback (render, mixdown), refusals o
 # ruff: noqa: F811  (pytest fixtures imported from blender_env come back as test arguments)
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -231,11 +232,11 @@ def _fake_results(made_media, job_dir: Path, ranges, extra: int = 0):
 
 
 def _outcome(scene, made_media, tmp_path, ranges, extra: int = 0):
-    ops, pipeline, plan = be.submodule("ops"), be.submodule("pipeline"), be.submodule("plan")
+    ops, job_steps, plan = be.submodule("ops"), be.submodule("job_steps"), be.submodule("plan")
     snap = ops.prepare(bpy.context, "sync")
     outs = _fake_results(made_media, tmp_path / "job", ranges, extra)
     clips = [plan.Clip(s, e, s - 1, e - 1, 0.0, o) for (s, e), o in zip(ranges, outs)]
-    return snap, pipeline.Outcome("done", clips=clips, job_dir=str(tmp_path / "job"))
+    return snap, job_steps.Outcome("done", clips=clips, job_dir=str(tmp_path / "job"))
 
 
 def _own_pieces(scene, movie):
@@ -304,6 +305,40 @@ def test_undo_restores_the_timeline_after_apply(configured, made_media, tmp_path
     assert be.fingerprint(bpy.data.scenes["Undo"]) != before
     bpy.ops.ed.undo()
     assert be.fingerprint(bpy.data.scenes["Undo"]) == before
+
+
+def test_result_paths_are_decided_when_the_job_starts(configured, made_media, tmp_path):
+    """Relative or absolute is decided with the snapshot: saving the .blend while a job runs changes nothing."""
+    ops, job_steps, plan, apply = (be.submodule(m) for m in ("ops", "job_steps", "plan", "apply"))
+
+    def run(name: str, save_during_job: Path) -> tuple[str, str]:
+        scene = be.new_scene(name)
+        be.add_edit(scene, made_media)
+        scene.lipsync.segment_source = "STRIP"
+        snap = ops.prepare(bpy.context, "sync")  # the job starts
+        (out,) = _fake_results(made_media, Path(snap.out_dir) / f"{name}-job", [(1, 41)])
+        save_during_job.parent.mkdir(parents=True, exist_ok=True)
+        bpy.ops.wm.save_as_mainfile(filepath=str(save_during_job))  # the editor saves while it runs
+        outcome = job_steps.Outcome("done", clips=[plan.Clip(1, 41, 0, 40, 0.0, out)],
+                                    job_dir=str(Path(out).parent))
+        result, _, msg = ops.conclude(bpy.context, job_steps.JobSteps(snap, "sync"), outcome)
+        assert result == {"FINISHED"}, msg
+        (strip,) = apply.results_for(bpy.data.scenes[name], "clip")
+        return strip.filepath, out
+
+    bpy.ops.wm.read_homefile(use_empty=True)  # a new, unsaved file: results go to the extension's cache
+    try:
+        path, out = run("Unsaved", tmp_path / "project" / "edit.blend")
+        assert Path(out).is_relative_to(be.submodule("prefs").user_dir())
+        # absolute: a path relative to the .blend saved meanwhile would tie the project to the cache's location
+        assert not path.startswith("//") and path == out, path
+        # saved at the start, saved elsewhere during the job: relative, and it still finds the file
+        path, out = run("Saved", tmp_path / "elsewhere" / "moved.blend")
+        assert Path(out).parent.parent == tmp_path / "project" / "lipsync"
+        assert path.startswith("//") and Path(bpy.path.abspath(path)).resolve() == Path(out).resolve(), path
+    finally:
+        shutil.rmtree(Path(be.submodule("prefs").user_dir()) / "results" / "Unsaved-job", ignore_errors=True)
+        bpy.ops.wm.read_homefile(use_empty=True)  # later tests start from an unsaved file again
 
 
 # ---------------------------------------------------------------------------- interface pieces
@@ -399,3 +434,80 @@ def test_operators_edit_the_sequencer_scene(configured, made_media):
             bpy.ops.lipsync.sync()
     with pytest.raises(RuntimeError, match="No video strip chosen"):
         bpy.ops.lipsync.sync()
+
+
+# ---------------------------------------------------------------------------- odd-sized movies
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _render_still(scene, path: Path) -> np.ndarray:
+    import cv2
+
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path)
+    with bpy.context.temp_override(scene=scene):
+        bpy.ops.render.render(write_still=True, scene=scene.name)
+    return cv2.imread(str(path))
+
+
+def test_odd_sized_movie_result_lines_up_to_the_pixel(configured, made_media, tmp_path):
+    """321x241: the engine's encoder pads its result to 322x242 (right column, bottom row); placed as it is, the
+    picture sits a pixel off its movie (a jump at every cut). The result strip is cropped and offset onto it."""
+    import media
+    from lipsync_core.tools import ffmpeg_exe
+    from lipsync_core.video import FrameReader, VideoEncoder
+
+    apply, plan, ops, job_steps = (be.submodule(m) for m in ("apply", "plan", "ops", "job_steps"))
+    w, h, n = 321, 241, 12
+    src = tmp_path / "odd.mp4"  # yuv444p: H.264 can hold odd sizes there (yuv420p cannot)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
+                    "-r", "25", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-crf", "12", str(src)],
+                   input=media.astronaut_frames(n, w, h).tobytes(), check=True)
+    job = tmp_path / "job"
+    job.mkdir()
+    result = job / "odd_1-13.mp4"
+    with VideoEncoder(result, w, h, "25", n_frames=n) as enc:  # the engine's own encoder, as a result is written
+        for frame in FrameReader(str(src)):
+            enc.write(frame)
+
+    scene = be.new_scene("Odd")
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
+    coll = scene.sequence_editor.strips
+    movie = coll.new_movie("odd", str(src), 1, 1)
+    coll.new_sound("speech", str(made_media / "speech.wav"), 2, 1)
+    scene.sequence_editor.active_strip = movie
+    scene.lipsync.segment_source = "STRIP"
+    snap = ops.prepare(bpy.context, "sync")
+    out = job_steps.Outcome("done", clips=[plan.Clip(1, 1 + n, 0, n, 0.0, str(result))], job_dir=str(job))
+
+    def placed_psnr(name: str) -> float:
+        apply.apply_outcome(scene, snap, out, relative=False)
+        (strip,) = apply.results_for(scene, "odd")
+        assert (strip.elements[0].orig_width, strip.elements[0].orig_height) == (w + 1, h + 1)
+        scene.frame_set(6)
+        strip.mute = True
+        ref = _render_still(scene, tmp_path / f"{name}_ref.png")
+        strip.mute = False
+        got = _render_still(scene, tmp_path / f"{name}_got.png")
+        return _psnr(ref, got)
+
+    # 1 px off gives 28 dB on this picture; lined up, only the codec's loss (yuv444 -> yuv420) is left
+    assert placed_psnr("plain") > 38
+    (strip,) = apply.results_for(scene, "odd")
+    assert (strip.crop.max_x, strip.crop.min_y, strip.crop.min_x, strip.crop.max_y) == (1, 1, 0, 0)
+    # a scaled, moved movie on a canvas of the other parity: the result follows it
+    scene.render.resolution_x, scene.render.resolution_y = 701, 521
+    movie.transform.scale_x = movie.transform.scale_y = 2.0
+    movie.transform.offset_x = 3
+    snap = ops.prepare(bpy.context, "sync")
+    assert placed_psnr("scaled") > 38
+    # rotated about a moved pivot, and flipped
+    movie.transform.scale_x = movie.transform.scale_y = 1.5
+    movie.transform.rotation, movie.transform.origin = 0.5, (0.3, 0.6)
+    movie.use_flip_x = movie.use_flip_y = True
+    snap = ops.prepare(bpy.context, "sync")
+    assert placed_psnr("rotated") > 38

@@ -71,8 +71,8 @@ panel = bpy.types.LIPSYNC_PT_panel
 assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("SEQUENCE_EDITOR", "UI", "Lip Sync")
 pkg_dir = os.path.dirname(sys.modules[mod].__file__)
 assert os.path.isfile(os.path.join(pkg_dir, "lipsync_core", "worker.py"))
-engine = sys.modules[mod + ".engine"]
-assert engine.core_dir() == __import__("pathlib").Path(pkg_dir)
+worker_client = sys.modules[mod + ".worker_client"]
+assert worker_client.core_dir() == __import__("pathlib").Path(pkg_dir)
 assert "torch" not in sys.modules, "the add-on imported torch"
 addon_utils.disable(mod)
 for cls in ("LIPSYNC_OT_sync", "LIPSYNC_PT_panel", "LipsyncPreferences", "LIPSYNC_PG_settings"):

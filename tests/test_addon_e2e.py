@@ -254,7 +254,7 @@ def _run_interactive(scene_name: str, stop, timeout: float = 120.0):
     stopped = False
     while not ops.pump(bpy.context, job):
         assert time.monotonic() < deadline, "job did not end"
-        if not stopped and job.pipeline.worker is not None and job.pipeline.worker.proc is not None \
+        if not stopped and job.steps.worker is not None and job.steps.worker.proc is not None \
                 and job.total:
             stop(job)
             stopped = True
@@ -272,7 +272,7 @@ def test_cancel_leaves_nothing_behind(configured, made_media):
     job, result, level, msg = _run_interactive("Cancel", lambda job: bpy.ops.lipsync.cancel())
     assert result == {"CANCELLED"} and level == "WARNING" and "Cancelled" in msg
     assert be.fingerprint(bpy.data.scenes["Cancel"]) == before
-    assert job.pipeline.job_dir is not None and not job.pipeline.job_dir.exists()
+    assert job.steps.job_dir is not None and not job.steps.job_dir.exists()
     assert not bpy.data.scenes["Cancel"].lipsync.running
 
 
@@ -280,11 +280,11 @@ def test_killed_worker_is_reported_and_changes_nothing(configured, made_media):
     scene, *_ = _edit("Killed", made_media)
     scene.lipsync.segment_source = "STRIP"
     before = be.fingerprint(scene)
-    job, result, level, msg = _run_interactive("Killed", lambda job: job.pipeline.kill_worker())
+    job, result, level, msg = _run_interactive("Killed", lambda job: job.steps.kill_worker())
     assert result == {"CANCELLED"} and level == "ERROR"
     assert "killed by signal 9" in msg and "not changed" in msg
     assert be.fingerprint(bpy.data.scenes["Killed"]) == before
-    assert not job.pipeline.job_dir.exists()
+    assert not job.steps.job_dir.exists()
 
 
 def _modal(cls):
@@ -344,25 +344,69 @@ def test_modal_escape_cancels(configured, made_media):
     result = _drive(op, on_first_progress=lambda: op.modal(bpy.context, esc))
     assert result == {"CANCELLED"}
     assert be.fingerprint(bpy.data.scenes["Esc"]) == before
-    assert not op._job.pipeline.job_dir.exists()
+    assert not op._job.steps.job_dir.exists()
 
 
 def test_ctrl_c_in_a_background_run_stops_the_worker(configured, made_media):
-    ops, pipeline = be.submodule("ops"), be.submodule("pipeline")
+    ops, job_steps = be.submodule("ops"), be.submodule("job_steps")
     scene, *_ = _edit("Interrupt", made_media)
     scene.lipsync.segment_source = "STRIP"
     before = be.fingerprint(scene)
     seen = {}
 
     def emit(ev):  # stands in for the terminal's Ctrl+C arriving while the engine works
-        worker = seen["pipe"].worker
+        worker = seen["steps"].worker
         if ev.get("event") == "progress" and ev.get("total") and worker is not None:
             seen["proc"] = worker.proc
             raise KeyboardInterrupt
 
-    pipe = seen["pipe"] = pipeline.Pipeline(ops.prepare(bpy.context, "sync"), "sync", emit)
+    steps = seen["steps"] = job_steps.JobSteps(ops.prepare(bpy.context, "sync"), "sync", emit)
     with pytest.raises(KeyboardInterrupt):
-        pipe.run()
+        steps.run()
     assert seen["proc"].wait(timeout=10) is not None  # the engine did not outlive the interrupted run
-    assert not pipe.job_dir.exists()
+    assert not steps.job_dir.exists()
     assert be.fingerprint(bpy.data.scenes["Interrupt"]) == before
+
+
+class _RunsACommand:
+    """Unpickling this runs a shell command: a checkpoint that carries code (harmless here: it makes a file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(str(self.path))}",))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_with_the_workers_own_message(configured, made_media, tmp_path):
+    import re
+
+    import torch
+
+    from lipsync_core.errors import LipsyncError
+    from lipsync_core.model import load_model
+
+    ran = tmp_path / "the payload ran"
+    evil = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": _RunsACommand(ran)}, evil)
+    with pytest.raises(LipsyncError) as engine_says:  # what the engine itself says about this file
+        load_model(evil)
+    expected = str(engine_says.value)
+    assert not ran.exists()
+
+    configured.checkpoint_path = str(evil)
+    scene, *_ = _edit("Evil", made_media)
+    scene.lipsync.segment_source = "STRIP"
+    before = be.fingerprint(scene)
+    ops, job_steps = be.submodule("ops"), be.submodule("job_steps")
+    steps = job_steps.JobSteps(ops.prepare(bpy.context, "sync"), "sync")
+    outcome = steps.run()  # the real worker process
+    assert outcome.status == "error" and outcome.message == expected  # passed on as it is, nothing added
+    assert steps.job_dir is not None and not steps.job_dir.exists()
+    with pytest.raises(RuntimeError, match=re.escape(expected.splitlines()[0])):  # the operator reports it
+        bpy.ops.lipsync.sync()
+    assert not ran.exists(), "the checkpoint's code ran"
+    assert be.fingerprint(bpy.data.scenes["Evil"]) == before

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from addon import engine, plan
+from addon import plan, worker_client
 from addon import timeline as tl
 from addon.plan import PlanError, Snapshot, StripRef
-from addon.timeline import Segment, Timing
+from addon.timeline import TimelineSegment, Timing
 
 
 def test_movie_source_frames_follow_offsets_not_trims():
@@ -48,13 +48,13 @@ def test_occupied_ranges_and_first_free_channel():
 def test_segments_from_markers_inside_strip_only():
     markers = [(1, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end"), (300, "intro")]
     segs = tl.segments_from_markers(markers, 1, 111)
-    assert segs == [Segment(1, 41, True), Segment(41, 71, False), Segment(71, 111, True)]
+    assert segs == [TimelineSegment(1, 41, True), TimelineSegment(41, 71, False), TimelineSegment(71, 111, True)]
     assert tl.segments_from_markers([(5, "a"), (20, "b")], 10, 100) == []
-    assert tl.segments_from_markers([(20, "a"), (30, "b")], 10, 100) == [Segment(20, 30, None)]
+    assert tl.segments_from_markers([(20, "a"), (30, "b")], 10, 100) == [TimelineSegment(20, 30, None)]
 
 
 def test_markers_for_segments_round_trip():
-    segs = [Segment(1, 41, True), Segment(41, 71, False), Segment(71, 111, True)]
+    segs = [TimelineSegment(1, 41, True), TimelineSegment(41, 71, False), TimelineSegment(71, 111, True)]
     markers = tl.markers_for_segments(segs)
     assert markers == [(1, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end")]
     assert tl.segments_from_markers(markers, 1, 111) == segs
@@ -63,14 +63,14 @@ def test_markers_for_segments_round_trip():
 
 def test_cover_fills_gaps_and_merges():
     assert tl.cover([(10, 20, True), (30, 40, True)], 0, 50) == [
-        Segment(0, 10, False), Segment(10, 20, True), Segment(20, 30, False), Segment(30, 40, True),
-        Segment(40, 50, False)]
-    assert tl.cover([(0, 20, True), (20, 40, True)], 5, 30) == [Segment(5, 30, True)]
-    assert tl.cover([], 0, 10) == [Segment(0, 10, False)]
+        TimelineSegment(0, 10, False), TimelineSegment(10, 20, True), TimelineSegment(20, 30, False),
+        TimelineSegment(30, 40, True), TimelineSegment(40, 50, False)]
+    assert tl.cover([(0, 20, True), (20, 40, True)], 5, 30) == [TimelineSegment(5, 30, True)]
+    assert tl.cover([], 0, 10) == [TimelineSegment(0, 10, False)]
 
 
 def test_label_segments_by_face_coverage():
-    segs = [Segment(0, 40, None), Segment(40, 70, None), Segment(70, 110, True)]
+    segs = [TimelineSegment(0, 40, None), TimelineSegment(40, 70, None), TimelineSegment(70, 110, True)]
     out = tl.label_segments(segs, [(0, 38), (72, 110)])
     assert [s.face for s in out] == [True, False, True]
 
@@ -111,8 +111,8 @@ def test_detected_segments_back_to_timeline(tmp_path):
     result = {"segments": [{"start_frame": 5, "end_frame": 40, "face": True},
                            {"start_frame": 40, "end_frame": 70, "face": False},
                            {"start_frame": 70, "end_frame": 110, "face": True}]}
-    assert plan.detected_segments(snap, result) == [Segment(6, 41, True), Segment(41, 71, False),
-                                                    Segment(71, 111, True)]
+    assert plan.detected_segments(snap, result) == [TimelineSegment(6, 41, True), TimelineSegment(41, 71, False),
+                                                    TimelineSegment(71, 111, True)]
 
 
 def test_plan_refusals(tmp_path):
@@ -121,7 +121,7 @@ def test_plan_refusals(tmp_path):
     with pytest.raises(PlanError, match="No face anywhere"):
         plan.precheck(_snap(tmp_path, markers=((6, "LS no face"), (111, "LS end"))))
     with pytest.raises(PlanError, match="No face anywhere"):
-        plan.sync_clips(_snap(tmp_path), [Segment(6, 111, False)], tmp_path)
+        plan.sync_clips(_snap(tmp_path), [TimelineSegment(6, 111, False)], tmp_path)
     far = StripRef("speech", "SOUND", "/a.wav", 3, Timing(500, 500, 600), None)
     with pytest.raises(PlanError, match="does not lie under"):
         plan.precheck(_snap(tmp_path, audio=far))
@@ -143,16 +143,40 @@ def test_job_dirs_are_fresh(tmp_path):
 
 
 def test_died_message_names_exit_and_stderr():
-    msg = engine.died_message(-9, ["Traceback", "MemoryError"])
+    msg = worker_client.died_message(-9, ["Traceback", "MemoryError"])
     assert "signal 9" in msg and "MemoryError" in msg and "not changed" in msg
-    assert "code 3" in engine.died_message(3, [])
+    assert "code 3" in worker_client.died_message(3, [])
 
 
 def test_worker_env_points_at_bundled_core(monkeypatch):
     monkeypatch.delenv("LIPSYNC_CACHE_DIR", raising=False)
-    env = engine.subprocess_env("/ext/cache")
-    assert Path(env["PYTHONPATH"]) == engine.core_dir()
+    env = worker_client.subprocess_env("/ext/cache")
+    assert Path(env["PYTHONPATH"]) == worker_client.core_dir()
     assert env["LIPSYNC_CACHE_DIR"] == "/ext/cache"
     monkeypatch.setenv("LIPSYNC_CACHE_DIR", "/mine")
-    assert engine.subprocess_env("/ext/cache")["LIPSYNC_CACHE_DIR"] == "/mine"  # the user's choice wins
-    assert (engine.core_dir() / "lipsync_core" / "worker.py").is_file()
+    assert worker_client.subprocess_env("/ext/cache")["LIPSYNC_CACHE_DIR"] == "/mine"  # the user's choice wins
+    assert (worker_client.core_dir() / "lipsync_core" / "worker.py").is_file()
+
+
+def test_detected_ranges_read_exactly_the_contracts_keys(tmp_path):
+    """start_frame / end_frame / face only: `start`/`end` are seconds in the engine's JSON, `has_face` is not sent."""
+    rows = [{"start_frame": 5, "end_frame": 40, "start": 0.2, "end": 1.6, "face": True},
+            {"start_frame": 40, "end_frame": 110, "start": 1.6, "end": 4.4, "face": False}]
+    assert plan.detected_ranges({"fps": 25.0, "segments": rows}) == [(5, 40, True), (40, 110, False)]
+    for bad in ({"start": 0.2, "end": 1.6, "face": True},  # seconds, no frames
+                {"start_frame": 5, "end_frame": 40, "has_face": True},  # not the contract's name
+                {"start_frame": 5, "end_frame": 40, "face": "yes"},
+                {"start_frame": 5, "face": True}):
+        with pytest.raises(PlanError, match="engine and add-on do not match"):
+            plan.detected_ranges({"segments": [bad]})
+    with pytest.raises(PlanError, match="no segments"):
+        plan.detected_ranges({"fps": 25.0})
+
+
+def test_detected_ranges_match_the_engines_own_output(tmp_path):
+    """What `lipsync_core.segments.segments_to_dict` (the worker's and `segments --json`'s answer) produces."""
+    from lipsync_core.segments import Segment as EngineSegment
+    from lipsync_core.segments import segments_to_dict
+
+    out = segments_to_dict([EngineSegment(0, 30, True), EngineSegment(30, 50, False)], 25.0, 50)
+    assert plan.detected_ranges(out) == [(0, 30, True), (30, 50, False)]

@@ -144,15 +144,15 @@ def saved_prefs(lipsync_addon):
     """The preferences as they were, put back after the test (other test modules rely on them)."""
     p = be.prefs()
     before = (p.python_path, p.checkpoint_path, p.device, p.weights_model)
-    setup_ops = be.submodule("setup_ops")
-    setup_ops.last_message.clear()
+    helper_ops = be.submodule("helper_ops")
+    helper_ops.last_message.clear()
     yield p
     p.python_path, p.checkpoint_path, p.device, p.weights_model = before
-    assert setup_ops.current is None, "a helper process was left running"
+    assert helper_ops.current is None, "a helper process was left running"
 
 
 def test_setup_engine_makes_the_venv_and_sets_python(saved_prefs, tmp_path, monkeypatch, wheel):
-    setup_ops = be.submodule("setup_ops")
+    helper_ops = be.submodule("helper_ops")
     monkeypatch.setenv("LIPSYNC_SETUP_REQUIREMENTS", str(wheel))
     target = tmp_path / "engine venv"
     assert bpy.app.background  # module mode: the operator runs to the end before it returns
@@ -160,13 +160,13 @@ def test_setup_engine_makes_the_venv_and_sets_python(saved_prefs, tmp_path, monk
     py = setup_env.venv_python(target)
     assert saved_prefs.python_path == str(py) and py.is_file()
     assert subprocess.run([str(py), "-c", "import lipsync_tiny_test"], capture_output=True, check=False).returncode == 0
-    level, msg = setup_ops.last_message["setup"]
+    level, msg = helper_ops.last_message["setup"]
     # a tiny package list has no torch: made and pointed at, but it says torch does not work there
     assert level == "WARNING" and "torch does not work there yet" in msg and "cannot import torch" in msg
 
 
 def test_setup_engine_reports_torch_when_it_works(saved_prefs, tmp_path, monkeypatch):
-    setup_ops, engine = be.submodule("setup_ops"), be.submodule("engine")
+    helper_ops, worker_client = be.submodule("helper_ops"), be.submodule("worker_client")
     monkeypatch.setenv("LIPSYNC_SETUP_REQUIREMENTS", "")
     seen = []
 
@@ -174,12 +174,12 @@ def test_setup_engine_reports_torch_when_it_works(saved_prefs, tmp_path, monkeyp
         seen.append((python, threading.current_thread() is threading.main_thread()))
         return {"torch": "2.13.0", "cuda": False, "mps": False, "python": "3.11.7"}
 
-    monkeypatch.setattr(engine, "probe_python", probe)
+    monkeypatch.setattr(worker_client, "check_python", probe)
     assert bpy.ops.lipsync.setup_engine(venv_dir=str(tmp_path / "v")) == {"FINISHED"}
     py = str(setup_env.venv_python(tmp_path / "v"))
     assert seen == [(py, False)]  # torch's slow first import ran on the reader thread, not Blender's
-    assert setup_ops.last_message["setup"] == ("INFO", f"Engine ready: torch 2.13.0, CUDA: no; Python set to {py}")
-    assert be.submodule("prefs")._last_check[py].startswith("torch 2.13.0")
+    assert helper_ops.last_message["setup"] == ("INFO", f"Engine ready: torch 2.13.0, CUDA: no; Python set to {py}")
+    assert be.submodule("prefs").last_check[py].startswith("torch 2.13.0")
 
 
 def test_setup_engine_reports_pip_failure_and_keeps_python(saved_prefs, tmp_path, monkeypatch):
@@ -188,17 +188,18 @@ def test_setup_engine_reports_pip_failure_and_keeps_python(saved_prefs, tmp_path
     with pytest.raises(RuntimeError, match=r"Engine set-up failed: pip failed:(.|\n)*missing-1.0"):
         bpy.ops.lipsync.setup_engine(venv_dir=str(tmp_path / "v"))
     assert saved_prefs.python_path == sys.executable
-    level, msg = be.submodule("setup_ops").last_message["setup"]
+    level, msg = be.submodule("helper_ops").last_message["setup"]
     assert level == "ERROR" and "press Set up engine again" in msg
     first = msg.splitlines()[0]  # what Blender's report popup shows: pip's own reason
     assert first.startswith("Engine set-up failed: pip failed: ERROR:") and "missing-1.0" in first, first
 
 
 def test_setup_engine_default_folder_is_where_the_engine_looks(lipsync_addon):
-    setup_ops, prefs, engine = be.submodule("setup_ops"), be.submodule("prefs"), be.submodule("engine")
+    setup_ops, prefs, worker_client = be.submodule("setup_ops"), be.submodule("prefs"), be.submodule("worker_client")
     user = Path(bpy.utils.extension_path_user(prefs.PACKAGE))
     assert setup_ops.default_venv_dir() == Path(prefs.user_dir()) / "venv" == user / "venv"
-    assert (engine.venv_python(user / "venv"), "the extension's engine venv") in engine.python_candidates(user)
+    assert ((worker_client.venv_python(user / "venv"), "the extension's engine venv")
+            in worker_client.python_candidates(user))
     assert setup_ops.setup_python() == sys.executable  # module mode: this venv's Python 3.11
 
 
@@ -267,7 +268,7 @@ def _draw_prefs() -> list:
 
 def test_setup_engine_modal_shows_progress_and_finishes(saved_prefs, tmp_path, monkeypatch):
     """The interface path: the timer pumps the helper; the preferences show its stage and a Cancel button."""
-    setup_ops = be.submodule("setup_ops")
+    helper_ops = be.submodule("helper_ops")
     monkeypatch.setenv("LIPSYNC_SETUP_REQUIREMENTS", "")
     op, reports = _modal(bpy.types.LIPSYNC_OT_setup_engine)
     op.venv_dir = str(tmp_path / "modal venv")
@@ -280,7 +281,7 @@ def test_setup_engine_modal_shows_progress_and_finishes(saved_prefs, tmp_path, m
     assert ("operator", "lipsync.cancel_helper") in drawn[0]
     assert any(e[0] == "label" and e[1].startswith("Engine set-up: ") for e in drawn[0]), drawn[0]
     assert saved_prefs.python_path == str(setup_env.venv_python(tmp_path / "modal venv"))
-    assert setup_ops.current is None and bpy.ops.lipsync.setup_engine.poll()
+    assert helper_ops.current is None and bpy.ops.lipsync.setup_engine.poll()
     after = _draw_prefs()  # the outcome stays in the preferences
     assert any(e[0] == "label" and "Python set to" in e[1] for e in after), after
     assert ("operator", "lipsync.setup_engine") in after and ("operator", "lipsync.download_weights") in after
@@ -313,7 +314,7 @@ def mirror(tmp_path, checkpoint, monkeypatch):
 
 @pytest.fixture
 def online(monkeypatch, lipsync_addon):
-    monkeypatch.setattr(be.submodule("weights_ops"), "online_access", lambda: True)
+    monkeypatch.setattr(be.submodule("prefs"), "online_access", lambda: True)
 
 
 def test_download_weights_saves_verifies_and_sets_checkpoint(saved_prefs, mirror, online, tmp_path):
@@ -325,7 +326,7 @@ def test_download_weights_saves_verifies_and_sets_checkpoint(saved_prefs, mirror
     got = dest / "wav2lip.pth"
     assert saved_prefs.checkpoint_path == str(got)
     assert got.read_bytes() == (mirror / "wav2lip.pth").read_bytes() and not list(dest.glob("*.part"))
-    level, msg = be.submodule("setup_ops").last_message["weights"]
+    level, msg = be.submodule("helper_ops").last_message["weights"]
     assert level == "INFO" and "downloaded and verified" in msg and "non-commercial" in msg
 
 
@@ -344,11 +345,11 @@ def test_download_weights_default_folder_is_the_extensions(saved_prefs, mirror, 
 def test_download_weights_refused_without_online_access(saved_prefs, monkeypatch, mirror):
     weights_ops = be.submodule("weights_ops")
     assert bpy.app.online_access is False  # bpy as a module: like a fresh Blender with online access not allowed
-    assert weights_ops.online_access() is False  # the real reading, unpatched
+    assert be.submodule("prefs").online_access() is False  # the real reading, unpatched
     saved_prefs.python_path = sys.executable
     saved_prefs.checkpoint_path = "/keep/this.pth"
     started = []
-    monkeypatch.setattr(weights_ops, "DownloadProcess", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(weights_ops, "DownloadTask", lambda *a, **k: started.append(a))
     with pytest.raises(RuntimeError, match=r"Online access is off(.|\n)*Preferences > System > Network(.|\n)*"
                                            r"weights download wav2lip_gan"):
         bpy.ops.lipsync.download_weights()
@@ -367,7 +368,7 @@ def test_download_progress_and_failure_text(lipsync_addon, tmp_path):
     """Progress is the growing .part against the recorded size; a failed download says what the CLI said."""
     weights_ops = be.submodule("weights_ops")
     info = {"filename": "wav2lip_gan.pth", "size": 4000, "licence_short": "non-commercial (Wav2Lip)"}
-    task = weights_ops.DownloadProcess(sys.executable, "wav2lip_gan", tmp_path, info)
+    task = weights_ops.DownloadTask(sys.executable, "wav2lip_gan", tmp_path, info)
     (tmp_path / "wav2lip_gan.pth.part").write_bytes(b"x" * 1000)
     task.poll()
     assert task.fraction == pytest.approx(0.25) and "wav2lip_gan.pth" in task.stage

@@ -13,17 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import engine, plan
+from . import plan, worker_client
 from . import timeline as tl
 from .plan import Clip, PlanError, Snapshot
-from .timeline import Segment
+from .timeline import TimelineSegment
 
 
 @dataclass
 class Outcome:
     status: str  # 'done' | 'error' | 'cancelled'
     message: str = ""
-    segments: list[Segment] = field(default_factory=list)
+    segments: list[TimelineSegment] = field(default_factory=list)
     markers: list[tuple[int, str]] | None = None  # to place, replacing ours inside the strip; None: keep
     clips: list[Clip] = field(default_factory=list)
     job_dir: str | None = None
@@ -35,7 +35,7 @@ class _Stop(Exception):
         self.outcome = outcome
 
 
-class Pipeline:
+class JobSteps:
     """command 'detect' (markers only) or 'sync' (segments, then lip-synced clips)."""
 
     def __init__(self, snap: Snapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
@@ -44,7 +44,7 @@ class Pipeline:
         self.command = command
         self.emit = emit or (lambda ev: None)
         self._cancel = threading.Event()
-        self._worker: engine.WorkerProcess | None = None
+        self._worker: worker_client.WorkerProcess | None = None
         self._lock = threading.Lock()
         self.job_dir: Path | None = None
 
@@ -61,7 +61,7 @@ class Pipeline:
                 self._worker.kill()
 
     @property
-    def worker(self) -> engine.WorkerProcess | None:
+    def worker(self) -> worker_client.WorkerProcess | None:
         return self._worker
 
     def run(self) -> Outcome:
@@ -69,7 +69,7 @@ class Pipeline:
             out = self._run()
         except _Stop as stop:
             out = stop.outcome
-        except (PlanError, engine.EngineError) as exc:
+        except (PlanError, worker_client.WorkerError) as exc:
             out = Outcome("error", str(exc))
         except Exception:  # noqa: BLE001  (a bug: its traceback goes into the report, the editor sees it)
             out = Outcome("error", "Lip sync failed unexpectedly:\n" + traceback.format_exc(limit=6))
@@ -90,7 +90,7 @@ class Pipeline:
     def _run(self) -> Outcome:
         snap = self.snap
         self._stage("checking the engine Python")
-        engine.probe_python(snap.python)
+        worker_client.check_python(snap.python)
         self._check_cancel()
 
         markers = None
@@ -106,7 +106,7 @@ class Pipeline:
                 faces = [(s.start, s.end) for s in detected if s.face]
                 segments = tl.label_segments(plan.marker_segments(snap), faces)
         elif snap.segment_source == "STRIP":
-            segments = [Segment(*snap.video.timing.visible, True)]
+            segments = [TimelineSegment(*snap.video.timing.visible, True)]
         else:
             segments = plan.marker_segments(snap)
 
@@ -136,7 +136,7 @@ class Pipeline:
 
     def _work(self, job: dict) -> dict:
         self._check_cancel()
-        worker = engine.WorkerProcess(self.snap.python, job, self.emit, cache_dir=self.snap.cache_dir)
+        worker = worker_client.WorkerProcess(self.snap.python, job, self.emit, cache_dir=self.snap.cache_dir)
         with self._lock:
             self._worker = worker
         if self._cancel.is_set():
