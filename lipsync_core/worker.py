@@ -52,11 +52,13 @@ def run_job(job: dict, progress: JsonProgress, cancel: CancelToken) -> dict:
         if not clips:
             raise LipsyncError("the job has no clips to sync")
         return sync_clips(_need(job, "video"), _need(job, "audio"), job.get("checkpoint") or "", clips,
-                                 opts, progress, cancel)
+                          opts, progress, cancel)
     if command == "check":  # the add-on's "Check" button: is this Python able to run the engine?
+        import platform
+
         import torch
 
-        return {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+        return {"torch": torch.__version__, "python": platform.python_version(), "cuda": torch.cuda.is_available(),
                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
     raise LipsyncError(f"unknown job command {command!r}: expected segments, sync or check")
 

@@ -61,7 +61,7 @@ def test_sound_mapping_matches_blender_mixdown(lipsync_addon, tmp_path):
 def test_movie_mapping_matches_blender_render(lipsync_addon, tmp_path):
     import cv2
 
-    import media
+    from tools import sample_media as media
 
     tl, snapshot = be.submodule("timeline"), be.submodule("snapshot")
     frames = np.repeat(np.repeat(np.repeat((np.arange(60) * 4).astype(np.uint8)[:, None, None, None], 48, 1),
@@ -218,7 +218,7 @@ def test_check_button(configured, no_torch_python):
 
 def _fake_results(made_media, job_dir: Path, ranges, extra: int = 0):
     """Result files like the engine's, `extra` frames too long (no worker involved)."""
-    import media
+    from tools import sample_media as media
 
     job_dir.mkdir(parents=True, exist_ok=True)
     outs = []
@@ -457,9 +457,8 @@ def _render_still(scene, path: Path) -> np.ndarray:
 def test_odd_sized_movie_result_lines_up_to_the_pixel(configured, made_media, tmp_path):
     """321x241: the engine's encoder pads its result to 322x242 (right column, bottom row); placed as it is, the
     picture sits a pixel off its movie (a jump at every cut). The result strip is cropped and offset onto it."""
-    import media
-    from lipsync_core.tools import ffmpeg_exe
-    from lipsync_core.video import FrameReader, VideoEncoder
+    from lipsync_core.media import FrameReader, VideoEncoder, ffmpeg_exe
+    from tools import sample_media as media
 
     apply, plan, ops, job_steps = (be.submodule(m) for m in ("apply", "plan", "ops", "job_steps"))
     w, h, n = 321, 241, 12

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-import media
+from tools import sample_media as media
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY42 = os.environ.get("LIPSYNC_BPY42_PYTHON")

@@ -223,7 +223,7 @@ def test_auto_detects_marks_and_syncs(configured, made_media):
 
 
 def test_no_face_anywhere_is_refused(configured, tmp_path):
-    import media
+    from tools import sample_media as media
 
     clip = media.write_video(tmp_path / "noface.mp4", media.noface_frames(50))
     speech = media.speech_wav(tmp_path / "s.wav", seconds=2.0)
@@ -395,6 +395,7 @@ def test_a_checkpoint_that_carries_code_is_refused_with_the_workers_own_message(
     with pytest.raises(LipsyncError) as engine_says:  # what the engine itself says about this file
         load_model(evil)
     expected = str(engine_says.value)
+    assert "carries code" in expected
     assert not ran.exists()
 
     configured.checkpoint_path = str(evil)
