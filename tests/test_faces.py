@@ -546,8 +546,8 @@ def test_face_kept_where_the_optical_flow_drifts_off_it():
 
 def test_faceless_frames_next_to_a_face_are_confirmed_one_by_one():
     """A face the detector misses on frames 5 and 10 (keyframes when every 5th is one) but finds in the frames
-    between: those frames have a face. Far from any face, no-face keyframes stay apart; a face that appears there is looked for in each of
-    the frames before it (the detector finds it two frames early)."""
+    between: those frames have a face. Far from any face, no-face keyframes stay apart; where a face appears
+    (frame 81), each frame before it is looked at (the detector finds it at 79 too)."""
     a = [20, 10, 44, 34, 0.9]
     truth = [[a]] * 5 + [[]] + [[a]] * 4 + [[]] + [[a]] * 9 + [[]] * 60 + [[a]] + [[]] + [[a]] * 20
     frames = indexed_frames(len(truth), texture=True)
