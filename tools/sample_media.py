@@ -41,6 +41,25 @@ def astronaut_frames(n: int, w: int = W, h: int = H, motion: float = 4.0) -> np.
     return frames
 
 
+def astronaut_moving_frames(n: int, w: int = W, h: int = H, tilt: float = 20.0) -> np.ndarray:
+    """n BGR frames of the astronaut's face moving as a speaker's head does: tilting +-`tilt` degrees (2 s a
+    swing at 25 fps), sliding across the frame and back, and coming closer and going back."""
+    import cv2
+    from skimage import data
+
+    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    centre = (225.0, 124.0)  # the face's middle in the 512x512 photo
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        angle = tilt * np.sin(2 * np.pi * i / 50)
+        zoom = h / 300 * (1.0 + 0.3 * np.sin(2 * np.pi * i / 90))
+        m = cv2.getRotationMatrix2D(centre, angle, zoom)
+        target = (w * (0.5 + 0.2 * np.sin(2 * np.pi * i / 120)), h * (0.45 + 0.05 * np.cos(2 * np.pi * i / 70)))
+        m[:, 2] += np.array(target) - m @ np.array([*centre, 1.0])
+        frames[i] = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return frames
+
+
 def noface_frames(n: int, w: int = W, h: int = H) -> np.ndarray:
     """n BGR frames with no face: a moving colour gradient with a few rectangles."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -83,6 +102,34 @@ def speech_wav(path: Path, text: str = "Hello editors. This line was replaced, a
     extra = ["-af", f"apad=whole_dur={seconds}", "-t", str(seconds)] if seconds else []
     _ffmpeg("-i", str(raw), "-ar", "16000", "-ac", "1", *extra, str(path))
     raw.unlink(missing_ok=True)
+    return path
+
+
+# ffmpeg filters that make a still-standing speaker move like a real one
+TILT = "rotate='0.3*sin(2*PI*t/3.3)+0.1*sin(2*PI*t/1.1)':fillcolor=0x404040"  # up to +-23 degrees, uneven
+PAN = ("zoompan=z='1.35+0.3*sin(on/17)':x='(iw-iw/zoom)/2*(1+sin(on/11))':y='(ih-ih/zoom)/2*(1+cos(on/13))'"
+       ":d=1:s={w}x{h}:fps=25")  # the face slides across the frame and back, closer and further
+
+
+def glasses(eye_y: float, eye_h: float, x1: float, x2: float, x3: float, tint: float = 0.45) -> str:
+    """An ffmpeg filter that draws glasses (tinted lenses, thick dark rims, a bridge) over a face that stays
+    about in place: eye line at `eye_y`..`eye_y + eye_h`, lenses from x1 to x2 and x2 to x3 (frame fractions)."""
+    out = []
+    for a, b in ((x1, x2), (x2, x3)):
+        box = f"x=iw*{a}:y=ih*{eye_y}:w=iw*{b - a - 0.01:.3f}:h=ih*{eye_h}"
+        out += [f"drawbox={box}:color=black@{tint}:t=fill", f"drawbox={box}:color=black:t=6"]
+    out.append(f"drawbox=x=iw*{x2 - 0.01:.3f}:y=ih*{eye_y + 0.02:.3f}:w=iw*0.01:h=ih*0.012:color=black:t=fill")
+    return ",".join(out)
+
+
+def moved_face_then_noface(path: Path, source: Path, size: str, vf: str, face_frames: int,
+                           noface_frames: int = 25) -> Path:
+    """`face_frames` frames of `source` (WxH `size`) through the filter `vf`, then a cut to `noface_frames` of
+    testsrc2 (no face)."""
+    _ffmpeg("-i", str(source), "-f", "lavfi", "-i", f"testsrc2=s={size}:r=25", "-filter_complex",
+            f"[0:v]{vf},trim=end_frame={face_frames},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[a];"
+            f"[1:v]trim=end_frame={noface_frames},format=yuv420p,setsar=1[n];[a][n]concat=n=2:v=1[v]",
+            "-map", "[v]", "-c:v", "libx264", "-crf", "16", "-preset", "veryfast", str(path))
     return path
 
 

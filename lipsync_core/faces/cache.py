@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .track import FaceTrack
 
-CACHE_VERSION = 2  # bump when tracking changes what a track holds for the same input
+CACHE_VERSION = 3  # bump when tracking changes what a track holds for the same input
 _CHUNK = 1 << 20
 _digests: dict[tuple, str] = {}
 

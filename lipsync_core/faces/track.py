@@ -5,8 +5,11 @@ first detection, then matched frame to frame by overlap), and returns a `FaceTra
 With `detect_every=k` only keyframes (k or more frames apart) are detected, near the followed face where the
 detector can do that cheaply; optical flow follows the face between them, and where a keyframe disagrees
 (a face appeared, vanished, or is not where the flow put it) more frames between are detected, halving the
-stretch, so face/no-face boundaries stay exact. `face_boxes` bridges short gaps, pads, clips and smooths like
-Wav2Lip's inference.py.
+stretch, so face/no-face boundaries stay exact. A frame is called faceless next to a face (up to
+CONFIRM_WINDOW frames after or before one) only where the detector, run on that whole frame, finds no face
+there: keyframes alone would let a face the detector misses now and then (a tilted head, glasses) look gone
+for frames in which it is seen. `face_boxes` bridges short gaps, pads, clips and smooths like Wav2Lip's
+inference.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..progress import CancelToken, Progress
 SELECT_MODES = ("largest", "left", "right", "center")
 PREDICT_IOU = 0.85  # a keyframe this close to where the optical flow put the face confirms the frames between
 WIDEN_IOU = 0.9  # ... and this close, the next keyframe may be further away
+CONFIRM_WINDOW = 25  # frames next to a face that are called faceless only where the detector finds no face
 NOFACE_MAX_EVERY = 12  # frames between keyframes with no face: about the shortest face segment (0.5 s at 25 fps)
 MOTION_FACE = 40  # face side (px) in the small grey frames optical flow runs on
 MOTION_GRID = 7  # points per side of the grid followed on the face
@@ -281,9 +285,11 @@ def track_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, d
     keyframes k frames apart (up to `max_every` while the face moves as predicted; default: the detector's
     `max_every`, else k). Between keyframes the face is followed by optical flow, and where a keyframe does
     not land where the flow predicted, or a face appears, vanishes or changes, the stretch is halved with
-    more detections until it is explained, so face/no-face boundaries are exact. Once a face is followed, a
-    detector with `detect_near` searches only near it (the whole frame again when it finds nothing there).
-    `frames` may be a generator: at most max_every + 1 frames are held (k=1: batch_size).
+    more detections until it is explained, so face/no-face boundaries are exact. Frames without a face within
+    CONFIRM_WINDOW frames of one are each detected whole (further from any face, no-face keyframes stay
+    NOFACE_MAX_EVERY apart). Once a face is followed, a detector with `detect_near` searches only near it
+    (the whole frame again when it finds nothing there).
+    `frames` may be a generator: at most max_every + CONFIRM_WINDOW + 1 frames are held (k=1: batch_size).
     `scale` = detected frame width / original width. `original_size` = (width, height) of the original
     frames when rounding made `frame size / scale` ambiguous; otherwise it is derived.
     """
@@ -300,7 +306,8 @@ def track_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, d
         if k == 1:
             rows, shape = _track_every(frames, detector, select, batch_size, progress, cancel)
         else:
-            rows, shape = _Sparse(detector, select, k, max(k, int(max_every)), progress, cancel).run(frames)
+            rows, shape = _Sparse(detector, select, k, max(k, int(max_every)), batch_size, progress,
+                                  cancel).run(frames)
     finally:
         progress.finish("detect")
 
@@ -347,21 +354,24 @@ def _track_every(frames, detector, select, batch_size, progress, cancel) -> tupl
 class _Sparse:
     """Keyframes, optical flow between them, and halving where the two disagree (see track_faces)."""
 
-    def __init__(self, detector, select: str, k: int, max_every: int, progress: Progress,
+    def __init__(self, detector, select: str, k: int, max_every: int, batch_size: int, progress: Progress,
                  cancel: CancelToken | None) -> None:
         self.detector, self.select, self.k, self.max_every = detector, select, k, max_every
         self.near = getattr(detector, "detect_near", None)
-        self.progress, self.cancel = progress, cancel
-        self.frames: dict[int, np.ndarray] = {}  # the frames from the last keyframe on
-        self.full: dict[int, np.ndarray] = {}  # whole-frame detections of those frames
+        self.batch_size, self.progress, self.cancel = batch_size, progress, cancel
+        # the frames from CONFIRM_WINDOW before the last keyframe on, and whole-frame detections of those
+        self.frames: dict[int, np.ndarray] = {}
+        self.full: dict[int, np.ndarray] = {}
         self.motion = _Motion()
 
     def _whole(self, j: int) -> np.ndarray:
-        if j not in self.full:
-            if self.cancel is not None:
-                self.cancel.check()
-            self.full[j] = np.asarray(self.detector.detect([self.frames[j]])[0], np.float32).reshape(-1, 5)
+        self._whole_many([j])
         return self.full[j]
+
+    def _whole_many(self, js: Iterable[int]) -> None:
+        todo = [j for j in js if j not in self.full]
+        for j, d in zip(todo, _detect(self.detector, [self.frames[j] for j in todo], self.batch_size, self.cancel)):
+            self.full[j] = np.asarray(d, np.float32).reshape(-1, 5)
 
     def _detect(self, j: int, hint: np.ndarray | None) -> tuple[np.ndarray, bool]:
         """Detections of frame j and whether they are complete (whole frame) or only near `hint`."""
@@ -399,6 +409,7 @@ class _Sparse:
                 break
             rows, follower, split, fit = self._interval(a, ra, b, follower)
             out.extend(rows)
+            self._look_back(out, a, b)
             self.progress.advance("detect", b - a)
             a, ra = b, rows[-1]
             # widen while the flow predicts keyframes well, narrow after a stretch needed halving; with no
@@ -411,7 +422,7 @@ class _Sparse:
             else:
                 g = min(top, g)
             for d in (self.frames, self.full):
-                for j in [j for j in d if j < a]:
+                for j in [j for j in d if j < a - CONFIRM_WINDOW]:
                     del d[j]
             self.motion.forget(a)
         rows = np.array([np.full(5, np.nan, np.float32) if r is None else r for r in out], np.float32)
@@ -426,18 +437,24 @@ class _Sparse:
         while True:
             # replay the follower over the detected frames in order (a halving adds frames in between)
             fol, rows, same, last = follower.copy(), {a: ra}, {}, a
+            near_face = {a: follower.box is not None}  # a face was seen at most LOST_PATIENCE frames before
             for j in sorted(dets):
                 d, complete = dets[j]
                 # with keyframes far apart, "the same face" means: where the flow carried it, not where it was
                 r = rows[last]
                 expect = None if r is None else motion.chain(r, last, j, frames)[-1]
                 rows[j] = fol.step(d, j - last, None if complete else (lambda j=j: self._whole(j)), expect)
-                same[j], last = fol.same, j
+                same[j], last, near_face[j] = fol.same, j, fol.box is not None
             keys = sorted(rows)
-            todo = None
+            todo = fill = None
             for j1, j2 in zip(keys, keys[1:]):
                 r1, r2 = rows[j1], rows[j2]
-                if j2 - j1 < 2 or (r1 is None and r2 is None):
+                if j2 - j1 < 2:
+                    continue
+                if r1 is None and r2 is None:
+                    if near_face[j1]:
+                        fill = (j1, j2)  # a face was just lost: the detector must confirm every frame
+                        break
                     continue
                 if r1 is None or r2 is None or not same[j2]:
                     todo = (j1, j2)  # a face appeared, vanished or changed in between: find where
@@ -448,6 +465,10 @@ class _Sparse:
                 if o < PREDICT_IOU or motion.lost(j1, j2):
                     todo = (j1, j2)  # the flow lost the face's path (or the face): look in the middle
                     break
+            if fill is not None:
+                self._whole_many(range(fill[0] + 1, fill[1]))
+                dets.update({j: (self.full[j], True) for j in range(fill[0] + 1, fill[1])})
+                continue
             if todo is None:
                 break
             j1, j2 = todo
@@ -470,6 +491,25 @@ class _Sparse:
                     out.extend(np.concatenate([boxes, scores], 1).astype(np.float32))
             out.append(r2)
         return out, fol, split, fit
+
+    def _look_back(self, out: list, a: int, b: int) -> None:
+        """Where a face appears in frames a+1..b after frames with no face, run the detector on each of the
+        CONFIRM_WINDOW frames before it that keyframes skipped; those where it finds that face have it."""
+        for t in range(a + 1, b + 1):
+            if out[t] is None or out[t - 1] is not None:
+                continue
+            ref, j = t, t - 1
+            while j >= 0 and out[j] is None and ref - j <= CONFIRM_WINDOW and j in self.frames:
+                lo = j  # the faceless frames from j back to the window's start, detected as one batch
+                while lo > max(0, ref - CONFIRM_WINDOW) and out[lo - 1] is None and lo - 1 in self.frames:
+                    lo -= 1
+                self._whole_many(range(lo, j + 1))
+                for i in range(j, lo - 1, -1):
+                    d = self.full[i]
+                    match, pref = _matches(out[ref][:4], d[:, :4])
+                    if match.any():
+                        out[i], ref = d[int(np.argmax(np.where(match, pref, -np.inf)))], i
+                j = lo - 1
 
 
 # ----------------------------------------------------------------------------------------------- crop boxes
