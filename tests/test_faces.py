@@ -638,9 +638,9 @@ def recall_clips(media_dir, shared):
     """Real talking heads moved as speakers move (tilting up to +-23 degrees, glasses; sliding and zooming),
     each cut to a test pattern: (name, path, first no-face frame)."""
     a = shared / "talking_head_a.mp4"
-    specs = {"glasses_tilt": (media.glasses(0.375, 0.085, 0.31, 0.49, 0.63) + "," + media.TILT, 60),
-             "pan_zoom": (media.PAN.format(w=844, h=844), 50)}
-    return [(name, media.moved_face_then_noface(media_dir / f"head_{name}.mp4", a, "844x844", vf, n), n)
+    specs = {"glasses_tilt": (sample_media.glasses(0.375, 0.085, 0.31, 0.49, 0.63) + "," + sample_media.TILT, 60),
+             "pan_zoom": (sample_media.PAN.format(w=844, h=844), 50)}
+    return [(name, sample_media.moved_face_then_noface(media_dir / f"head_{name}.mp4", a, "844x844", vf, n), n)
             for name, (vf, n) in specs.items()]
 
 
@@ -676,7 +676,7 @@ def test_no_face_lost_that_the_detector_sees(moving_heads, haar, which):
 def test_no_face_lost_on_a_tilting_moving_astronaut(haar):
     """The same on made footage (no shared media needed): a real face tilting +-20 degrees, sliding across the
     frame, coming closer and going back, then a cut to a frame with no face."""
-    frames = list(media.astronaut_moving_frames(100, 480, 270)) + list(media.noface_frames(20, 480, 270))
+    frames = list(sample_media.astronaut_moving_frames(100, 480, 270)) + list(sample_media.noface_frames(20, 480, 270))
     det = Precomputed(haar)
     every = track_faces(frames, det)
     assert 50 <= every.has_face[:100].sum() and not every.has_face[100:].any()
