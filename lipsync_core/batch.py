@@ -281,12 +281,16 @@ class EngineCache:
         self._key = None
         self._engine = None
 
+    @staticmethod
+    def settings(opts) -> tuple:
+        """What Engine() reads from the options (render() reads only the encoder's crf/preset from .opts)."""
+        return (opts.device, opts.blend, opts.batch_size or 0)
+
     def get(self, checkpoint: str, opts, progress: Progress):
         from .sync import Engine
 
         st = os.stat(checkpoint)
-        # what Engine() reads from the options; render() reads only the encoder's crf/preset from engine.opts
-        key = (os.path.realpath(checkpoint), st.st_size, st.st_mtime_ns, opts.device, opts.blend, opts.batch_size)
+        key = (os.path.realpath(checkpoint), st.st_size, st.st_mtime_ns, *self.settings(opts))
         if key != self._key:
             self._engine = self._key = None  # free the old model before loading another
             self._engine = Engine(checkpoint, opts, progress)
@@ -452,6 +456,7 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
                 results[job.id] = p
                 progress.finished(p)
             elif provenance.is_current(job.output, p.key):
+                clean_partials(job.output)
                 r = Result(job.id, "skipped", "the output is current (made from the same inputs and options)",
                            job.output, _recorded_frames(job.output), 0.0, "", "")
                 results[job.id] = r
@@ -466,7 +471,8 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
             progress.finished(r)
     elif todo:
         engines = EngineCache()
-        for p in todo:
+        # jobs that need the same loaded engine run together: one model load per engine setting
+        for p in sorted(todo, key=lambda p: (p.checkpoint, EngineCache.settings(p.job.options))):
             cancel.check()
             r = run_prepared(p, engines, progress.job_progress(p.job.id), cancel)
             results[r.id] = r
