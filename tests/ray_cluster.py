@@ -68,8 +68,7 @@ class LocalRayCluster:
                   "--max-worker-port=0", "--object-store-memory=78643200", "--disable-usage-stats",
                   f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
         if i == 0:
-            cmd = [RAY, "start", "--head", "--port=0", "--include-dashboard=false",
-                   f"--ray-client-server-port={free_port()}", *common]
+            cmd = [RAY, "start", "--head", "--port=0", "--include-dashboard=false", *common]
         else:
             cmd = [RAY, "start", f"--address={self.address}", "--include-log-monitor=false", *common]
         r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
