@@ -370,6 +370,7 @@ class BatchProgress:
     def __init__(self, total: int, json_lines: bool) -> None:
         self.total, self.done, self.frames = total, 0, 0
         self.failed = 0
+        self.results: list[Result] = []  # every finished job, so far (the report of a cancelled batch)
         self.t0 = time.perf_counter()
         self._json = JsonProgress() if json_lines else None
         self._bar = None
@@ -397,6 +398,7 @@ class BatchProgress:
         return _JobLog()
 
     def finished(self, r: Result) -> None:
+        self.results.append(r)
         self.done += 1
         self.frames += r.frames if r.status == "done" else 0
         self.failed += r.status == "failed"
@@ -521,12 +523,12 @@ def run_cli(args) -> int:
     progress = BatchProgress(len(batch.jobs), args.json_progress)
     cancel = CancelToken()
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
-    results: list[Result] = []
     code = 0
     try:
-        results = run_batch(batch, args.ray, args.gpus_per_job, args.cpus_per_job, args.retries, progress, cancel)
+        run_batch(batch, args.ray, args.gpus_per_job, args.cpus_per_job, args.retries, progress, cancel)
     except (Cancelled, KeyboardInterrupt):
         code = 130
+    results = progress.results
     seconds = time.perf_counter() - t0
     summary = summarize([r.to_json() for r in results])
     if args.report:

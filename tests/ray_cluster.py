@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _processes() -> dict[int, tuple[int, str]]:
+def processes() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, command line) for every process we can read."""
     out = {}
     for d in os.listdir("/proc"):
@@ -95,7 +95,7 @@ class LocalRayCluster:
 
     def pids(self) -> set[int]:
         """Our Ray processes: those naming one of our temp dirs, and all their descendants."""
-        procs = _processes()
+        procs = processes()
         ours = {pid for pid, (_, cmd) in procs.items() if self.root in cmd and pid != os.getpid()}
         grew = True
         while grew:
@@ -106,7 +106,7 @@ class LocalRayCluster:
 
     def workers_running(self, title: str) -> list[int]:
         """Our worker processes whose title is exactly `title` (e.g. "ray::lipsync_job": running that task)."""
-        procs = _processes()
+        procs = processes()
         return [pid for pid in self.pids() if procs.get(pid, (0, ""))[1].strip() == title]
 
     def stop(self) -> None:
