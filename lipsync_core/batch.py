@@ -263,13 +263,11 @@ def prepare(job: Job, checkpoint: str) -> Prepared:
                                f"outside the video ({info.frames / info.fps:.3f} s): fix start/end")
         a0 = job.audio_start if job.audio_start is not None else s / info.fps
         clip = {"start_frame": s, "end_frame": e, "audio_start": a0}
-        frames, audio = [s, e], provenance.audio_identity(job.audio, a0, (e - s) / info.fps)
+        made_from = provenance.made_from(job.video, (s, e), job.audio, a0, (e - s) / info.fps, checkpoint,
+                                         job.options)
     else:
         seconds = None if job.options.match == "audio" else info.frames / info.fps
-        frames, audio = None, provenance.audio_identity(job.audio, 0.0, seconds)
-    made_from = {"video": provenance.file_identity(job.video), "frames": frames, "audio": audio,
-                 "checkpoint": provenance.file_identity(checkpoint),
-                 "options": provenance.pixel_options(job.options)}
+        made_from = provenance.made_from(job.video, None, job.audio, 0.0, seconds, checkpoint, job.options)
     return Prepared(job, checkpoint, made_from, provenance.make_key(made_from), clip)
 
 
@@ -449,7 +447,9 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
         try:
             return prepare(job, batch.checkpoint)
         except LipsyncError as exc:
-            return Result(job.id, "failed", str(exc), job.output, node="")
+            return Result(job.id, "failed", str(exc), job.output)
+        except OSError as exc:  # unreadable input, a share gone away: this job fails, the others go on
+            return Result(job.id, "failed", f"cannot read the job's inputs: {exc}", job.output)
 
     # hashing and probing wait on disks and ffmpeg, not on this process: a few at once
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -459,8 +459,10 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
                 progress.finished(p)
             elif provenance.is_current(job.output, p.key):
                 clean_partials(job.output)
+                rec = provenance.read_record(job.output) or {}
                 r = Result(job.id, "skipped", "the output is current (made from the same inputs and options)",
-                           job.output, _recorded_frames(job.output), 0.0, "", "")
+                           job.output, int(rec.get("frames") or 0), 0.0, str(rec.get("device") or ""),
+                           str(rec.get("node") or ""))
                 results[job.id] = r
                 progress.finished(r)
             else:
@@ -480,11 +482,6 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
             results[r.id] = r
             progress.finished(r)
     return [results[j.id] for j in batch.jobs if j.id in results]
-
-
-def _recorded_frames(output: str) -> int:
-    rec = provenance.read_record(output) or {}
-    return int(rec.get("frames") or 0)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -512,6 +509,15 @@ def add_subparser(sub) -> None:
 
 
 def run_cli(args) -> int:
+    try:
+        return _run_cli(args)
+    except LipsyncError as exc:
+        if args.json_progress:  # tools read stdout only
+            JsonProgress().emit({"event": "error", "message": str(exc)})
+        raise
+
+
+def _run_cli(args) -> int:
     import signal
 
     t0 = time.perf_counter()

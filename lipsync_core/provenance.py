@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +32,8 @@ RECORD_VERSION = 1
 RECIPE_VERSION = 1
 RECORD_SUFFIX = ".lipsync.json"
 _SAMPLE = 1 << 20
+_memo: dict[tuple, dict] = {}
+_memo_lock = threading.Lock()  # batch.prepare runs jobs' look-ups in threads
 
 # SyncOptions fields that change an output's pixels or sound. Not here: device, batch_size, cache (same
 # picture up to the precision the device runs at; see README "Batch / farm").
@@ -39,8 +42,15 @@ PIXEL_OPTIONS = ("segments", "box", "pads", "smooth", "detector", "face", "blend
 
 
 def file_identity(path: str | os.PathLike) -> dict:
-    """{"size", "sampled_sha256"}: the file's size and a hash of up to three 1 MiB samples (whole if small)."""
-    size = os.path.getsize(path)
+    """{"size", "sampled_sha256"}: the file's size and a hash of up to three 1 MiB samples (whole if small).
+
+    Remembered per (path, size, mtime, inode): a thousand cuts of one reel read its samples once."""
+    st = os.stat(path)
+    memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _memo_lock:
+        if memo in _memo:
+            return dict(_memo[memo])
+    size = st.st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
         if size <= 3 * _SAMPLE:
@@ -49,7 +59,10 @@ def file_identity(path: str | os.PathLike) -> dict:
             for offset in (0, (size - _SAMPLE) // 2, size - _SAMPLE):
                 f.seek(offset)
                 h.update(f.read(_SAMPLE))
-    return {"size": size, "sampled_sha256": h.hexdigest()}
+    ident = {"size": size, "sampled_sha256": h.hexdigest()}
+    with _memo_lock:
+        _memo[memo] = ident
+    return dict(ident)
 
 
 def audio_identity(path: str | os.PathLike, start: float, seconds: float | None) -> dict:
@@ -68,13 +81,26 @@ def audio_identity(path: str | os.PathLike, start: float, seconds: float | None)
 
 
 def pixel_options(opts) -> dict:
-    """The options (a SyncOptions) that change what an output looks or sounds like, as plain JSON data."""
-    d = asdict(opts)
+    """The options (a SyncOptions, or a dict of its fields) that change what an output looks or sounds like,
+    as plain JSON data; fields a dict leaves out take SyncOptions' defaults."""
+    from .sync import SyncOptions
+
+    d = asdict(SyncOptions()) | (opts if isinstance(opts, dict) else asdict(opts))
     out = {}
     for k in PIXEL_OPTIONS:
         v = d[k]
         out[k] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def made_from(video: str, frames: tuple[int, int] | None, audio: str, audio_start: float, seconds: float | None,
+              checkpoint: str, opts) -> dict:
+    """What an output is made of: `frames` (start, end exclusive; None: the whole video) of `video`, the
+    audio from `audio_start` for `seconds` (None: to its end), the checkpoint, the options. The batch and
+    (later) the add-on's "redo only what changed" build their keys here, so their records agree."""
+    return {"video": file_identity(video), "frames": None if frames is None else [int(frames[0]), int(frames[1])],
+            "audio": audio_identity(audio, audio_start, seconds), "checkpoint": file_identity(checkpoint),
+            "options": pixel_options(opts)}
 
 
 def make_key(made_from: dict) -> str:
