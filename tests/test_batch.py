@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,16 +192,20 @@ def test_local_batch(work, local_run):
 
 
 def test_rerun_skips_and_a_changed_option_redoes_only_its_job(work, local_run):
-    out = local_run["out"]
+    # the outputs and records moved elsewhere (as a batch folder copied to shared storage) are still current
+    out = work["dir"] / "moved"
+    shutil.copytree(local_run["out"], out)
+    path = write_jobs(work, "moved.json", jobs_doc(work, "moved"))
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
     t0 = time.monotonic()
-    r = run_cli([str(local_run["jobs"]), "--report", str(work["dir"] / "again.json")])
+    r = run_cli([str(path), "--report", str(work["dir"] / "again.json")])
     assert r.returncode == 1 and time.monotonic() - t0 < 30
     rep = report_of(work["dir"] / "again.json")
     assert {j: rep[j]["status"] for j in EXPECT} == {j: "skipped" for j in EXPECT}
+    assert rep["whole_a"]["frames"] == 40 and rep["whole_a"]["node"] == "local"
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")} == mtimes
 
-    doc = jobs_doc(work, "local")
+    doc = jobs_doc(work, "moved")
     doc["jobs"][0]["options"] = {"crf": 30}  # whole_a only
     (out / "dub_b.mp4").write_bytes(b"not the output it was")  # a replaced output is redone too
     path = write_jobs(work, "changed.json", doc)
