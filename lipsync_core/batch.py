@@ -350,6 +350,8 @@ def run_prepared(p: Prepared, engines: EngineCache, progress: Progress | None = 
         return Result(job.id, "done", "", out, frames, seconds, device, node)
     except LipsyncError as exc:
         return Result(job.id, "failed", str(exc), out, 0, time.perf_counter() - t0, "", node)
+    except Cancelled:
+        raise  # the whole batch stops (its report says which jobs did not run)
     except Exception as exc:  # a bug or a library's crash fails this job, not the batch
         return Result(job.id, "failed", f"the engine failed: {exc.__class__.__name__}: {exc}", out, 0,
                       time.perf_counter() - t0, "", node)

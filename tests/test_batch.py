@@ -338,3 +338,30 @@ def test_local_batch_never_imports_ray_and_a_missing_ray_is_explained(work, tmp_
     r = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and 'pip install "ray[default]"' in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "out" / "range_a.mp4").exists()
+
+
+def test_cancel_stops_the_batch_and_reports_what_ran(work, tmp_path):
+    doc = jobs_doc(work, str(tmp_path / "out"))
+    doc["jobs"] = doc["jobs"][:2] + [doc["jobs"][4]]
+    path = write_jobs(work, "cancel.json", doc)
+    report = tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_core", "batch", str(path), "--json-progress",
+                             "--report", str(report)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "job":
+            proc.send_signal(signal.SIGTERM)  # during the second job
+    assert proc.wait(timeout=120) == 130
+    rep = report_of(report)
+    first = next(e["id"] for e in events if e["event"] == "job")
+    assert rep[first]["status"] == "done"
+    cancelled = [j for j, r in rep.items() if r["message"] == "not run (cancelled)"]
+    assert cancelled and all(rep[j]["status"] == "failed" for j in cancelled)
+    assert events[-1]["event"] == "result" and events[-1]["exit"] == 130
+    done = [j for j, r in rep.items() if r["status"] == "done"]
+    assert set(cancelled) == set(rep) - set(done)  # the job cut short is not run, not a failure of its own
+    left = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert left == sorted([f"{j}.mp4" for j in done] + [f"{j}.mp4.lipsync.json" for j in done])
