@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import provenance
 from .errors import Cancelled, LipsyncError
@@ -84,7 +84,6 @@ class Result:
     seconds: float = 0.0
     device: str = ""
     node: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "message": self.message, "output": self.output,
