@@ -75,12 +75,19 @@ def run_on_ray(todo: list, address: str, gpus_per_job: float | None, cpus_per_jo
                     p = pending.pop(ref)
                     try:
                         yield ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:  # raised on the worker before our code ran
+                        yield Result(p.job.id, "failed", "the job could not start on its Ray worker (is the engine "
+                                     f"installed on every machine?): {_last_line(exc)}", p.job.output)
                     except ray.exceptions.RayError as exc:  # the worker or its machine died more than `retries`
                         yield Result(p.job.id, "failed", f"the job's Ray worker died {retries + 1} times "
-                                     f"(out of memory, or a machine lost?): {str(exc).splitlines()[0]}",
-                                     p.job.output, node="")
+                                     f"(out of memory, or a machine lost?): {_last_line(exc)}", p.job.output)
         finally:  # cancelled or interrupted: stop what still runs (the next run cleans what it leaves)
             for ref in pending:
                 ray.cancel(ref, force=True)
     finally:
         ray.shutdown()
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else exc.__class__.__name__
