@@ -22,45 +22,32 @@ def _crf(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_detection_options(sp, d) -> None:
+    """Face detection and device options (segments and sync); `d`: the SyncOptions defaults."""
+    sp.add_argument("--detector", choices=DETECTORS, default=d.detector,
+                    help="face detector: sfd (S3FD, what Wav2Lip was trained with; needs its weights), "
+                         "opencv (Haar cascade, offline), auto = sfd if available else opencv")
+    sp.add_argument("--face", choices=("largest", "left", "right", "center"), default=d.face,
+                    help="which face to follow when several are visible (default: largest)")
+    sp.add_argument("--detect-every", type=int, default=d.detect_every, metavar="N",
+                    help="run the detector on every N-th frame and track in between (default %(default)s; "
+                         "1 = every frame)")
+    sp.add_argument("--detect-max-every", type=int, default=None, metavar="N",
+                    help="let the keyframe gap widen up to N frames while tracking holds (default: 5 for "
+                         "opencv, 25 for sfd on CPU)")
+    sp.add_argument("--detect-width", type=int, default=d.detect_width, metavar="PX",
+                    help="detect on frames downscaled to this width (default %(default)s)")
+    sp.add_argument("--min-segment", type=float, default=d.min_segment_seconds, metavar="SECONDS",
+                    help="shorter face/no-face segments merge into their neighbours (default %(default)s)")
+    sp.add_argument("--no-cache", action="store_true", help="detect again even if this file was analysed")
+    sp.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device,
+                    help="auto: CUDA, then Apple MPS, then CPU")
+
+
+def add_sync_options(y, d) -> None:
+    """The sync options (also the option names and checks of a batch's JOBS.json, see batch.py)."""
     from .media import X264_PRESETS
-    from .sync import SyncOptions
 
-    d = SyncOptions()
-    p = argparse.ArgumentParser(prog="python -m lipsync_core",
-                                description="Lip-sync a video to new audio with Wav2Lip (face parts only).")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def detection_args(sp):
-        sp.add_argument("--detector", choices=DETECTORS, default=d.detector,
-                        help="face detector: sfd (S3FD, what Wav2Lip was trained with; needs its weights), "
-                             "opencv (Haar cascade, offline), auto = sfd if available else opencv")
-        sp.add_argument("--face", choices=("largest", "left", "right", "center"), default=d.face,
-                        help="which face to follow when several are visible (default: largest)")
-        sp.add_argument("--detect-every", type=int, default=d.detect_every, metavar="N",
-                        help="run the detector on every N-th frame and track in between (default %(default)s; "
-                             "1 = every frame)")
-        sp.add_argument("--detect-max-every", type=int, default=None, metavar="N",
-                        help="let the keyframe gap widen up to N frames while tracking holds (default: 5 for "
-                             "opencv, 25 for sfd on CPU)")
-        sp.add_argument("--detect-width", type=int, default=d.detect_width, metavar="PX",
-                        help="detect on frames downscaled to this width (default %(default)s)")
-        sp.add_argument("--min-segment", type=float, default=d.min_segment_seconds, metavar="SECONDS",
-                        help="shorter face/no-face segments merge into their neighbours (default %(default)s)")
-        sp.add_argument("--no-cache", action="store_true", help="detect again even if this file was analysed")
-        sp.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device,
-                        help="auto: CUDA, then Apple MPS, then CPU")
-
-    s = sub.add_parser("segments", help="find face / no-face segments of a video")
-    s.add_argument("video")
-    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    detection_args(s)
-
-    y = sub.add_parser("sync", help="lip-sync VIDEO to AUDIO")
-    y.add_argument("video", help="the footage (any format ffmpeg reads)")
-    y.add_argument("audio", help="the new audio (wav, mp3, m4a, or a video's sound)")
-    y.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + AAC)")
-    y.add_argument("--checkpoint", required=True, help="wav2lip.pth or wav2lip_gan.pth")
     y.add_argument("--segments", default=d.segments,
                    help='auto (detect face/no-face parts), all (whole clip is a face part), or face ranges '
                         'in seconds like "31-60,69-84"')
@@ -81,13 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--match", choices=("video", "audio"), default=d.match,
                    help="video: keep every frame, audio trimmed/padded (default); audio: cut or loop the "
                         "video to the audio's length")
+    add_detection_options(y, d)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sync import SyncOptions
+
+    d = SyncOptions()
+    p = argparse.ArgumentParser(prog="python -m lipsync_core",
+                                description="Lip-sync a video to new audio with Wav2Lip (face parts only).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segments", help="find face / no-face segments of a video")
+    s.add_argument("video")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_detection_options(s, d)
+
+    y = sub.add_parser("sync", help="lip-sync VIDEO to AUDIO")
+    y.add_argument("video", help="the footage (any format ffmpeg reads)")
+    y.add_argument("audio", help="the new audio (wav, mp3, m4a, or a video's sound)")
+    y.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + AAC)")
+    y.add_argument("--checkpoint", required=True, help="wav2lip.pth or wav2lip_gan.pth")
     y.add_argument("--json-progress", action="store_true",
                    help="print progress as JSON lines (stage, done, total) instead of bars")
-    detection_args(y)
+    add_sync_options(y, d)
 
+    from .batch import add_subparser as add_batch_subparser
     from .weights import add_subparser
 
     add_subparser(sub)
+    add_batch_subparser(sub)
     return p
 
 

@@ -37,7 +37,8 @@ RUNTIME = [
     "tqdm",
 ]
 # ruff pinned: tests/test_lint.py runs it. librosa and scipy: the tests check the audio against them.
-DEV = ["pytest", "bpy==5.0.1", "ruff==0.17.6", "scikit-image", "librosa>=0.10", "scipy"]
+# ray: tests/test_batch.py runs a real two-node cluster (pyproject's "farm" extra is what a farm installs).
+DEV = ["pytest", "bpy==5.0.1", "ruff==0.17.6", "scikit-image", "librosa>=0.10", "scipy", "ray==2.60.0"]
 REQUIREMENTS_ENV = "LIPSYNC_SETUP_REQUIREMENTS"
 
 

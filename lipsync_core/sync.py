@@ -346,8 +346,11 @@ def resolve_segments(video: str, info, opts: SyncOptions, progress: Progress, ca
 
 
 def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions | None = None,
-         progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
-    """Lip-sync `video` to `audio` into `output` (H.264 + AAC). Returns a report (segments, timings...)."""
+         progress: Progress | None = None, cancel: CancelToken | None = None,
+         renderer: ClipRenderer | None = None) -> dict:
+    """Lip-sync `video` to `audio` into `output` (H.264 + AAC). Returns a report (segments, timings...).
+
+    `renderer`: a ClipRenderer already loaded from `checkpoint` with these options (a batch reuses one)."""
     from .media import probe, probe_audio
 
     opts = opts or SyncOptions()
@@ -364,7 +367,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     explicit = isinstance(opts.segments, str) and opts.segments.strip().lower() not in ("auto", "all")
     # editor ranges are checked before the model loads; auto segments need detection, which comes after
     segments = parse_ranges(opts.segments, info.fps, info.frames) if explicit else None
-    renderer = ClipRenderer(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
+    renderer = renderer or ClipRenderer(checkpoint, opts, progress)  # a bad checkpoint fails here, before any long work
 
     segments = segments or resolve_segments(video, info, opts, progress, cancel, clock)
     face_segs = [s for s in segments if s.face]
@@ -394,11 +397,13 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
 
 
 def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts: SyncOptions | None = None,
-               progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
+               progress: Progress | None = None, cancel: CancelToken | None = None,
+               renderer: ClipRenderer | None = None) -> dict:
     """The Blender worker's job: several clips of one video, each with its own slice of the audio.
 
     clip: {"start_frame", "end_frame" (source frames, end exclusive), "audio_start" (seconds in the audio
     file for the clip's first frame), "output", "face" (lip-sync it, or only replace its sound)}.
+    `renderer`: as for sync().
     """
     from .media import probe, probe_audio
 
@@ -413,7 +418,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     for c in clips:
         _check_range(info, int(c["start_frame"]), int(c["end_frame"]))
         _check_output(c["output"], [video, audio, checkpoint])
-    renderer = ClipRenderer(checkpoint, opts, progress)
+    renderer = renderer or ClipRenderer(checkpoint, opts, progress)
     face_segs = [Segment(int(c["start_frame"]), int(c["end_frame"]), True) for c in clips if c.get("face", True)]
     boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
     results, written = [], []

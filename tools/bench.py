@@ -224,6 +224,59 @@ def print_run(name: str, r: dict) -> None:
         print(f"  {st:<10}{sec:>9.2f}{fps:>10.1f}{100 * sec / total:>7.1f}%{note}")
 
 
+def bench_batch(seconds: float, device: str, json_path: str, jobs: int = 6) -> int:
+    """Wall time of `batch` with and without Ray on the same jobs; Ray's cluster start is not counted (a farm's
+    cluster is up). One job at a time on both sides: the Ray task asks for every CPU of the node."""
+    import shutil
+
+    from tools.random_weights import write_random_checkpoint
+    from tools.ray_cluster import LocalRayCluster
+
+    folder = OUT / "batch"
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = OUT / "random_wav2lip.pth"
+    if not ckpt.exists():
+        write_random_checkpoint(ckpt)
+    clip = make_clip(OUT / f"clip_{seconds:g}s.mp4", seconds)
+    speech = make_speech(OUT / f"speech_{seconds:g}s.wav", seconds)
+    cpus = os.cpu_count() or 1
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def run(name: str, extra: list[str], run_env: dict) -> dict:
+        out = folder / name
+        shutil.rmtree(out, ignore_errors=True)
+        doc = {"version": 1, "checkpoint": str(ckpt),
+               "options": {"box": [230, 40, 410, 250], "segments": "all", "device": device},
+               "jobs": [{"id": f"job{i}", "video": str(clip), "audio": str(speech), "output": f"{name}/job{i}.mp4"}
+                        for i in range(jobs)]}
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "lipsync_core", "batch", str(path), "--json-progress",
+                               "--report", str(folder / f"{name}_report.json"), *extra], env=run_env,
+                              capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"batch {name} failed:\n{proc.stderr[-3000:]}")
+        frames = jobs * int(round(seconds * FPS))
+        print(f"{name:<40} {wall:7.1f} s  {frames / wall:6.1f} frames/s")
+        return {"seconds": wall, "fps": frames / wall}
+
+    report = {"jobs": jobs, "clip_seconds": seconds, "cpus": cpus}
+    report["local"] = run("local", [], env)
+    cluster = LocalRayCluster(nodes=1, cpus=cpus, env={"PYTHONPATH": str(ROOT)})
+    try:
+        report["ray"] = run("ray", ["--ray", cluster.address, "--cpus-per-job", str(cpus)], env)
+    finally:
+        cluster.stop()
+    report["ray_over_local"] = report["ray"]["seconds"] / report["local"]["seconds"]
+    print(f"Ray / local wall time: {report['ray_over_local']:.3f}x")
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(report, indent=2))
+    print(f"saved {json_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python build.py bench")
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -231,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=str(ROOT / "out" / "bench.json"))
+    ap.add_argument("--batch", action="store_true",
+                    help="only the batch engine's overhead: 6 jobs on a one-node local Ray cluster against the "
+                         "same jobs run here one after another (needs Ray)")
     ap.add_argument("--reference", metavar="DIR",
                     help="a runnable checkout of Rudrabha/Wav2Lip: time its inference.py on the same clip and box")
     args = ap.parse_args(argv)
@@ -242,6 +298,8 @@ def main(argv=None) -> int:
 
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.batch:
+        return bench_batch(args.seconds or (4.0 if args.quick else 10.0), args.device, args.json)
     # Two untrained checkpoints (no real weights can be had here): the calibrated one the tests use, on which
     # bf16 moves pixels far past 1/255 (so the engine keeps fp32), and PyTorch's plain initialisation, on
     # which bf16 stays within 1/255 (so the engine's first-batch check switches to bf16).

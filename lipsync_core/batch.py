@@ -1,0 +1,551 @@
+"""`python -m lipsync_core batch JOBS.json`: many lip-sync jobs from one file, resumable, here or on Ray.
+
+JOBS.json (format: README "Batch / farm", docs/CONTRACTS.md) is checked whole before anything runs: an unknown
+key or a bad value is refused naming the job and the key (exit 2). Option names and checks are the `sync`
+command's own (cli.add_sync_options), so the CLI and a batch accept exactly the same values.
+
+Each job is prepared here (inputs probed, content key computed, see provenance.py): a job whose output is
+current is skipped, one whose inputs are missing or unreadable fails, the rest run, in this process one after
+another with one model load, or as Ray tasks (farm.py). An output is written under a temporary name unique to
+the attempt and renamed when complete; its record is written after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import provenance
+from .errors import Cancelled, LipsyncError
+from .progress import CancelToken, JsonProgress, Progress
+
+JOBS_VERSION = 1
+REPORT_VERSION = 1
+BATCH_KEYS = ("version", "checkpoint", "options", "jobs")
+JOB_KEYS = ("id", "video", "audio", "output", "options", "start", "end", "audio_start")
+PARTIAL_MARK = ".lipsync-partial"  # in the temporary name of an output being written
+
+
+class BatchError(LipsyncError):
+    """JOBS.json is malformed or has a bad value: nothing runs (exit 2)."""
+
+
+@dataclass
+class Job:
+    """One output to make. Paths are absolute; start/end/audio_start are seconds (None: not given)."""
+
+    id: str
+    video: str
+    audio: str
+    output: str
+    options: object  # SyncOptions
+    start: float | None = None
+    end: float | None = None
+    audio_start: float | None = None
+
+    @property
+    def ranged(self) -> bool:
+        return self.start is not None or self.end is not None or self.audio_start is not None
+
+
+@dataclass
+class Batch:
+    path: str
+    checkpoint: str
+    jobs: list[Job]
+
+
+@dataclass
+class Prepared:
+    """A job ready to run anywhere (plain data, sent to Ray tasks as is)."""
+
+    job: Job
+    checkpoint: str
+    made_from: dict
+    key: str
+    clip: dict | None = None  # ranged jobs: {"start_frame", "end_frame", "audio_start"} for sync_clips
+
+
+@dataclass
+class Result:
+    id: str
+    status: str  # done | skipped | failed
+    message: str = ""
+    output: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+    device: str = ""
+    node: str = ""
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "status": self.status, "message": self.message, "output": self.output,
+                "frames": self.frames, "seconds": round(self.seconds, 3), "device": self.device, "node": self.node}
+
+
+# ------------------------------------------------------------------------------------------ JOBS.json
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BatchError(message)
+
+
+def _option_parser() -> argparse.ArgumentParser:
+    from .cli import add_sync_options
+    from .sync import SyncOptions
+
+    p = _RaisingParser(prog="JOBS.json options", add_help=False)
+    add_sync_options(p, SyncOptions())
+    return p
+
+
+def option_names() -> list[str]:
+    """The keys an "options" object may hold: the sync command's options, e.g. "x264_preset", "no_smooth"."""
+    return sorted(vars(_option_parser().parse_args([])))
+
+
+def _option_argv(key: str, value, defaults: dict, where: str) -> list[str]:
+    flag = "--" + key.replace("_", "-")
+    if defaults[key] is False:  # an on/off switch such as no_smooth
+        if not isinstance(value, bool):
+            raise BatchError(f'{where}: option "{key}" must be true or false, not {json.dumps(value)}')
+        return [flag] if value else []
+    if value is None:
+        return []
+    if isinstance(value, bool) or isinstance(value, dict):
+        raise BatchError(f'{where}: option "{key}" cannot be {json.dumps(value)}')
+    if isinstance(value, list):
+        return [flag, *(str(v) for v in value)]
+    return [f"{flag}={value}"]
+
+
+def parse_options(raw: dict, where: str):
+    """JSON options (the sync CLI's names) -> SyncOptions, checked by the CLI's own parser."""
+    from .cli import options_from_args
+
+    if not isinstance(raw, dict):
+        raise BatchError(f'{where}: "options" must be an object like {{"crf": 18}}')
+    parser = _option_parser()
+    defaults = vars(parser.parse_args([]))
+    argv: list[str] = []
+    for key, value in raw.items():
+        if key not in defaults:
+            raise BatchError(f'{where}: unknown option "{key}"; options are: {", ".join(sorted(defaults))}')
+        part = _option_argv(key, value, defaults, where)
+        try:
+            parser.parse_args(part)
+        except BatchError as exc:
+            raise BatchError(f'{where}: option "{key}": {exc}') from None
+        argv += part
+    args = parser.parse_args(argv)
+    args.command = "sync"
+    return options_from_args(args)
+
+
+def _number(job: dict, key: str, where: str) -> float | None:
+    value = job.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BatchError(f'{where}: "{key}" must be a number of seconds, not {json.dumps(value)}')
+    return float(value)
+
+
+def _path(value, key: str, where: str, folder: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BatchError(f'{where}: "{key}" must be a path (text), not {json.dumps(value)}')
+    return os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
+
+
+def load_batch(path: str | os.PathLike) -> Batch:
+    """Read and check JOBS.json; BatchError (nothing runs) names the job and key at fault."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise BatchError(f"{path} does not exist: give the path of a JOBS.json file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BatchError(f"{path} is not valid JSON: {exc}") from None
+    name = os.path.basename(path)
+    if not isinstance(data, dict):
+        raise BatchError(f'{name} must hold one object: {{"version": 1, "checkpoint": ..., "jobs": [...]}}')
+    unknown = [k for k in data if k not in BATCH_KEYS]
+    if unknown:
+        raise BatchError(f'{name}: unknown key "{unknown[0]}"; the keys are: {", ".join(BATCH_KEYS)}')
+    if data.get("version") != JOBS_VERSION:
+        raise BatchError(f'{name}: "version" must be {JOBS_VERSION} (this engine reads version {JOBS_VERSION}), '
+                         f"not {json.dumps(data.get('version'))}")
+    folder = os.path.dirname(path)
+    checkpoint = _path(data.get("checkpoint"), "checkpoint", name, folder)
+    base = data.get("options") or {}
+    parse_options(base, f"{name}, batch-wide options")
+    jobs_raw = data.get("jobs")
+    if not isinstance(jobs_raw, list) or not jobs_raw:
+        raise BatchError(f'{name}: "jobs" must be a non-empty list of jobs')
+    jobs: list[Job] = []
+    ids: set[str] = set()
+    outputs: dict[str, str] = {}
+    for i, raw in enumerate(jobs_raw):
+        where = f"{name}, job {i + 1}"
+        if not isinstance(raw, dict):
+            raise BatchError(f"{where}: a job must be an object with id, video, audio and output")
+        jid = raw.get("id")
+        if not isinstance(jid, str) or not jid.strip():
+            raise BatchError(f'{where}: "id" must be a non-empty text')
+        where = f'{name}, job "{jid}"'
+        if jid in ids:
+            raise BatchError(f"{where}: the id is used by another job: give every job its own id")
+        ids.add(jid)
+        unknown = [k for k in raw if k not in JOB_KEYS]
+        if unknown:
+            raise BatchError(f'{where}: unknown key "{unknown[0]}"; a job\'s keys are: {", ".join(JOB_KEYS)}')
+        for key in ("video", "audio", "output"):
+            if key not in raw:
+                raise BatchError(f'{where}: "{key}" is missing')
+        video, audio, output = (_path(raw[k], k, where, folder) for k in ("video", "audio", "output"))
+        own = raw.get("options") or {}
+        if not isinstance(own, dict):
+            raise BatchError(f'{where}: "options" must be an object like {{"crf": 18}}')
+        opts = parse_options({**base, **own}, where)
+        start, end, audio_start = (_number(raw, k, where) for k in ("start", "end", "audio_start"))
+        job = Job(jid, video, audio, output, opts, start, end, audio_start)
+        if start is not None and start < 0:
+            raise BatchError(f'{where}: "start" must be 0 or more seconds, not {start:g}')
+        if end is not None and end <= (start or 0.0):
+            raise BatchError(f'{where}: "end" ({end:g} s) must come after "start" ({start or 0.0:g} s)')
+        if job.ranged:
+            if opts.match != "video":
+                raise BatchError(f'{where}: option "match" "audio" cannot be used with start/end/audio_start: '
+                                 "remove the range, or use match video")
+            seg = opts.segments.strip().lower() if isinstance(opts.segments, str) else ""
+            if seg not in ("auto", "all"):
+                raise BatchError(f'{where}: option "segments" ranges apply to whole-video jobs; a job with '
+                                 "start/end is one face range: make one job per face range instead")
+        if output in (video, audio, checkpoint):
+            raise BatchError(f'{where}: "output" {output} would overwrite an input: choose another file name')
+        if output in outputs:
+            raise BatchError(f'{where}: "output" {output} is also the output of job "{outputs[output]}"')
+        outputs[output] = jid
+        jobs.append(job)
+    return Batch(path, checkpoint, jobs)
+
+
+# ------------------------------------------------------------------------------------ prepare and run
+
+
+def prepare(job: Job, checkpoint: str) -> Prepared:
+    """Probe the inputs and compute the job's content key; LipsyncError when an input is missing or bad."""
+    from .media import probe
+
+    for what, p in (("video", job.video), ("audio", job.audio), ("checkpoint", checkpoint)):
+        if not os.path.isfile(p):
+            raise LipsyncError(f"the {what} {p} does not exist: fix the path in JOBS.json (relative paths are "
+                               "relative to its folder)")
+    info = probe(job.video)
+    clip = None
+    if job.ranged:
+        s = 0 if job.start is None else int(round(job.start * info.fps))
+        e = info.frames if job.end is None else int(round(job.end * info.fps))
+        if not 0 <= s < e <= info.frames:
+            raise LipsyncError(f"the range {job.start or 0:g}-{job.end if job.end is not None else 'end'} s is "
+                               f"outside the video ({info.frames / info.fps:.3f} s): fix start/end")
+        a0 = job.audio_start if job.audio_start is not None else s / info.fps
+        clip = {"start_frame": s, "end_frame": e, "audio_start": a0}
+        made_from = provenance.made_from(job.video, (s, e), job.audio, a0, (e - s) / info.fps, checkpoint,
+                                         job.options)
+    else:
+        seconds = None if job.options.match == "audio" else info.frames / info.fps
+        made_from = provenance.made_from(job.video, None, job.audio, 0.0, seconds, checkpoint, job.options)
+    return Prepared(job, checkpoint, made_from, provenance.make_key(made_from), clip)
+
+
+class RendererCache:
+    """The loaded model, kept for the next job with the same checkpoint and engine options (one at a time:
+    a GPU holds one model)."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._renderer = None
+
+    @staticmethod
+    def settings(opts) -> tuple:
+        """What ClipRenderer() reads from the options (render() reads only the encoder's crf/preset from .opts)."""
+        return (opts.device, opts.blend, opts.batch_size or 0)
+
+    def get(self, checkpoint: str, opts, progress: Progress):
+        from .sync import ClipRenderer
+
+        st = os.stat(checkpoint)
+        key = (os.path.realpath(checkpoint), st.st_size, st.st_mtime_ns, *self.settings(opts))
+        if key != self._key:
+            self._renderer = self._key = None  # free the old model before loading another
+            self._renderer = ClipRenderer(checkpoint, opts, progress)
+            self._key = key
+        self._renderer.opts = opts
+        self._renderer.progress = progress
+        return self._renderer
+
+
+def _remove(path) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def clean_partials(output: str) -> None:
+    """Remove what killed or failed attempts left beside `output` (their temporary names, never the output)."""
+    folder, name = os.path.split(output)
+    name = glob.escape(name)
+    record = f".{name}{provenance.RECORD_SUFFIX}.*.tmp"
+    for pattern in (f".{name}.*{PARTIAL_MARK}*", f"..{name}.*{PARTIAL_MARK}*", record):
+        for p in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            _remove(p)
+
+
+def run_prepared(p: Prepared, renderers: RendererCache, progress: Progress | None = None,
+                 cancel: CancelToken | None = None, node: str = "local") -> Result:
+    """Run one prepared job: output written atomically, then its record. LipsyncError -> a failed Result."""
+    from . import sync
+
+    job = p.job
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    out = job.output
+    tmp = ""
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        provenance.remove_record(out)  # an old record must not vouch for an output being replaced
+        clean_partials(out)
+        # unique per attempt: a retry never meets the files of a killed attempt still being finished by ffmpeg
+        ext = os.path.splitext(out)[1]
+        tmp = os.path.join(os.path.dirname(out),
+                           f".{os.path.basename(out)}.{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{ext or '.mp4'}")
+        renderer = renderers.get(p.checkpoint, job.options, progress)
+        if p.clip is None:
+            r = sync.sync(job.video, job.audio, tmp, p.checkpoint, job.options, progress, cancel, renderer=renderer)
+            frames = r["frames"]
+        else:
+            clip = dict(p.clip, output=tmp, face=True)
+            r = sync.sync_clips(job.video, job.audio, p.checkpoint, [clip], job.options, progress, cancel,
+                                renderer=renderer)
+            frames = r["clips"][0]["frames"]
+        os.replace(tmp, out)
+        seconds = time.perf_counter() - t0
+        device = str(renderer.device)
+        provenance.write_record(out, p.made_from, job=job.id, frames=frames, device=device, node=node,
+                                seconds=round(seconds, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return Result(job.id, "done", "", out, frames, seconds, device, node)
+    except LipsyncError as exc:
+        return Result(job.id, "failed", str(exc), out, 0, time.perf_counter() - t0, "", node)
+    except Cancelled:
+        raise  # the whole batch stops (its report says which jobs did not run)
+    except Exception as exc:  # a bug or a library's crash fails this job, not the batch
+        return Result(job.id, "failed", f"the engine failed: {exc.__class__.__name__}: {exc}", out, 0,
+                      time.perf_counter() - t0, "", node)
+    finally:
+        if tmp:
+            _remove(tmp)
+            clean_partials(out)
+
+
+# ----------------------------------------------------------------------------------------- progress
+
+
+class BatchProgress:
+    """One bar for the whole batch (jobs done, frames per second over every machine), or JSON lines."""
+
+    def __init__(self, total: int, json_lines: bool) -> None:
+        self.total, self.done, self.frames = total, 0, 0
+        self.failed = 0
+        self.results: list[Result] = []  # every finished job, so far (the report of a cancelled batch)
+        self.t0 = time.perf_counter()
+        self._json = JsonProgress() if json_lines else None
+        self._bar = None
+        if not json_lines:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="batch", unit="job", file=sys.stderr)
+
+    def log(self, message: str) -> None:
+        if self._json:
+            self._json.emit({"event": "log", "message": message})
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    def job_progress(self, job_id: str) -> Progress:
+        """What a job running in this process reports to: its log lines, prefixed with the job's id."""
+        outer = self
+
+        class _JobLog(Progress):
+            def log(self, message):
+                outer.log(f"[{job_id}] {message}")
+
+        return _JobLog()
+
+    def finished(self, r: Result) -> None:
+        self.results.append(r)
+        self.done += 1
+        self.frames += r.frames if r.status == "done" else 0
+        self.failed += r.status == "failed"
+        fps = self.frames / max(time.perf_counter() - self.t0, 1e-6)
+        if self._json:
+            self._json.emit({"event": "job", **r.to_json()})
+            self._json.emit({"event": "progress", "stage": "batch", "done": self.done, "total": self.total,
+                             "frames": self.frames, "fps": round(fps, 2)})
+        else:
+            if r.status == "failed":
+                self.log(f"failed {r.id}: {r.message}")
+            self._bar.set_postfix_str(f"{fps:.1f} frames/s, {self.failed} failed", refresh=False)
+            self._bar.update(1)
+
+    def close(self, summary: dict) -> None:
+        if self._json:
+            self._json.emit({"event": "result", **summary})
+        elif self._bar is not None:
+            self._bar.close()
+
+
+# -------------------------------------------------------------------------------------------- the run
+
+
+def write_report(path: str, batch: Batch, results: list[Result], seconds: float, ray_address: str | None) -> None:
+    by_id = {r.id: r for r in results}
+    jobs = [by_id[j.id].to_json() if j.id in by_id else Result(j.id, "failed", "not run (cancelled)").to_json()
+            for j in batch.jobs]
+    report = {"version": REPORT_VERSION, "jobs_file": batch.path, "ray": ray_address, "seconds": round(seconds, 3),
+              "summary": summarize(jobs), "jobs": jobs}
+    provenance.write_json_atomic(path, report)
+
+
+def summarize(jobs: list[dict]) -> dict:
+    return {s: sum(1 for j in jobs if j["status"] == s) for s in ("done", "skipped", "failed")}
+
+
+def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float | None = None,
+              cpus_per_job: float = 1.0, retries: int = 3, progress: BatchProgress | None = None,
+              cancel: CancelToken | None = None) -> list[Result]:
+    """Prepare every job (skip the current ones), then run the rest here or on Ray. Results in job order."""
+    progress = progress or BatchProgress(len(batch.jobs), json_lines=True)
+    cancel = cancel or CancelToken()
+    results: dict[str, Result] = {}
+    todo: list[Prepared] = []
+
+    def prep(job: Job):
+        try:
+            return prepare(job, batch.checkpoint)
+        except LipsyncError as exc:
+            return Result(job.id, "failed", str(exc), job.output)
+        except OSError as exc:  # unreadable input, a share gone away: this job fails, the others go on
+            return Result(job.id, "failed", f"cannot read the job's inputs: {exc}", job.output)
+
+    # hashing and probing wait on disks and ffmpeg, not on this process: a few at once
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for job, p in zip(batch.jobs, pool.map(prep, batch.jobs)):
+            if isinstance(p, Result):
+                results[job.id] = p
+                progress.finished(p)
+            elif provenance.is_current(job.output, p.key):
+                clean_partials(job.output)
+                rec = provenance.read_record(job.output) or {}
+                r = Result(job.id, "skipped", "the output is current (made from the same inputs and options)",
+                           job.output, int(rec.get("frames") or 0), 0.0, str(rec.get("device") or ""),
+                           str(rec.get("node") or ""))
+                results[job.id] = r
+                progress.finished(r)
+            else:
+                todo.append(p)
+    if todo and ray_address:
+        from .farm import run_on_ray
+
+        for r in run_on_ray(todo, ray_address, gpus_per_job, cpus_per_job, retries, progress.log, cancel):
+            results[r.id] = r
+            progress.finished(r)
+    elif todo:
+        renderers = RendererCache()
+        # jobs that need the same loaded engine run together: one model load per engine setting
+        for p in sorted(todo, key=lambda p: (p.checkpoint, RendererCache.settings(p.job.options))):
+            cancel.check()
+            r = run_prepared(p, renderers, progress.job_progress(p.job.id), cancel)
+            results[r.id] = r
+            progress.finished(r)
+    return [results[j.id] for j in batch.jobs if j.id in results]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_subparser(sub) -> None:
+    b = sub.add_parser("batch", help="run the jobs of a JOBS.json file (here, or on a Ray cluster with --ray)",
+                       description="Run the lip-sync jobs of JOBS.json; outputs that are current are skipped. "
+                                   "Exit 0: every job done or skipped, 1: some failed, 2: bad JOBS.json.")
+    b.add_argument("jobs", metavar="JOBS.json", help="the batch file (format: README, 'Batch / farm')")
+    b.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run each job as a task on this Ray cluster (auto: $RAY_ADDRESS or the local one); "
+                        'needs pip install "ray[default]"')
+    b.add_argument("--gpus-per-job", type=float, default=None, metavar="G",
+                   help="GPUs each Ray task asks for (fractions share a GPU; default 1 when the cluster has GPUs, "
+                        "else 0)")
+    b.add_argument("--cpus-per-job", type=float, default=1.0, metavar="C",
+                   help="CPUs each Ray task asks for (default %(default)s)")
+    b.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="times Ray runs a job again when its worker process or machine dies (default %(default)s; "
+                        "jobs failing on bad input are never retried)")
+    b.add_argument("--report", metavar="REPORT.json", help="write the per-job report here")
+    b.add_argument("--json-progress", action="store_true", help="progress and results as JSON lines")
+    b.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    try:
+        return _run_cli(args)
+    except LipsyncError as exc:
+        if args.json_progress:  # tools read stdout only
+            JsonProgress().emit({"event": "error", "message": str(exc)})
+        raise
+
+
+def _run_cli(args) -> int:
+    import signal
+
+    t0 = time.perf_counter()
+    batch = load_batch(args.jobs)  # BatchError: exit 2, nothing run
+    if args.retries < 0 or args.cpus_per_job < 0 or (args.gpus_per_job or 0) < 0:
+        raise BatchError("--retries, --cpus-per-job and --gpus-per-job must be 0 or more")
+    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
+        raise BatchError(f"the folder of --report {args.report} does not exist: create it or choose another path")
+    progress = BatchProgress(len(batch.jobs), args.json_progress)
+    cancel = CancelToken()
+    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    code = 0
+    try:
+        run_batch(batch, args.ray, args.gpus_per_job, args.cpus_per_job, args.retries, progress, cancel)
+    except (Cancelled, KeyboardInterrupt):
+        code = 130
+    results = progress.results
+    seconds = time.perf_counter() - t0
+    summary = summarize([r.to_json() for r in results])
+    if args.report:
+        write_report(args.report, batch, results, seconds, args.ray)
+    if code == 0:
+        code = 1 if summary["failed"] or len(results) < len(batch.jobs) else 0
+    progress.close({**summary, "jobs": len(batch.jobs), "seconds": round(seconds, 3), "report": args.report,
+                    "exit": code})
+    if not args.json_progress:
+        print(f"batch: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed of "
+              f"{len(batch.jobs)} jobs in {seconds:.1f} s" + (f"; report: {args.report}" if args.report else "")
+              + (" (cancelled)" if code == 130 else ""), file=sys.stderr)
+    return code
