@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import vfr_media as vm
+
 from lipsync_core import audio as A
 from lipsync_core.media import FrameReader, probe
 from lipsync_core.media import ffmpeg as ffbin
