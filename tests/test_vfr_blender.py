@@ -63,36 +63,36 @@ def test_engine_frame_n_is_blenders_frame_n(lipsync_addon, clips, key, tmp_path)
 
 
 def test_result_strip_lines_up_with_its_variable_rate_movie(configured, checkpoint, clips, tmp_path):
-    """The engine lip-syncs timeline frames 6-40 of a late-starting variable-rate movie; placed by the add-on,
-    the result shows its movie's picture at every frame (compared away from the mouth)."""
-    from lipsync_core.sync import SyncOptions, sync_clips
+    """Issue 14: Lip Sync refused such a movie ("frame range 0-183 is outside the video (135 frames)"). The job the
+    add-on builds for the strip runs through the worker, and the result, placed by the add-on, shows its movie's
+    picture at every frame (compared away from the mouth)."""
+    from lipsync_core.progress import CancelToken, Progress
+    from lipsync_core.worker import run_job
     from tools.sample_media import speech_wav
 
-    apply, plan, ops, job_steps = (be.submodule(m) for m in ("apply", "plan", "ops", "job_steps"))
+    apply, plan, ops, job_steps, tl = (be.submodule(m) for m in ("apply", "plan", "ops", "job_steps", "timeline"))
     path = clips["late"]
     info = probe(path)
     scene, movie = movie_scene("vfr_result", path, info)
-    speech = speech_wav(tmp_path / "speech.wav", seconds=2.0)
-    scene.sequence_editor.strips.new_sound("speech", str(speech), 2, 1)
+    speech = speech_wav(tmp_path / "speech.wav", seconds=2.5)
+    scene.sequence_editor.strips.new_sound("speech", str(speech), 2, 6)  # the new line starts at frame 6
     scene.sequence_editor.active_strip = movie
     scene.lipsync.segment_source = "STRIP"
     snap = ops.prepare(bpy.context, "sync")
-    job = tmp_path / "job"
-    job.mkdir()
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (clip,) = plan.sync_clips(snap, [tl.TimelineSegment(*snap.video.timing.visible, True)], job_dir)
+    assert (clip.start, clip.end, clip.src_start, clip.src_end) == (6, 1 + info.frames, 5, info.frames)
+    job = plan.sync_job(snap, [clip])
     box = (40, 40, 120, 116)  # the mouth region; the code bar and the face's upper half stay outside it
-    (clip,) = plan.sync_clips(snap, [be.submodule("timeline").TimelineSegment(6, 41, True)], job)
-    assert (clip.src_start, clip.src_end) == (5, 40)
-    sync_clips(str(path), str(speech), str(checkpoint),
-               [{"start_frame": clip.src_start, "end_frame": clip.src_end, "audio_start": clip.audio_start,
-                 "output": clip.output, "face": True}],
-               SyncOptions(box=box, batch_size=16, device="cpu"))
-    out = job_steps.Outcome("done", clips=[clip], job_dir=str(job))
-    apply.apply_outcome(scene, snap, out, relative=False)
+    job["options"].update(box=list(box), batch_size=16)
+    run_job(job, Progress(), CancelToken())
+    apply.apply_outcome(scene, snap, job_steps.Outcome("done", clips=[clip], job_dir=str(job_dir)), relative=False)
     (strip,) = apply.results_for(scene, movie.name)
-    assert (strip.frame_final_start, strip.frame_final_end) == (6, 41)
+    assert (strip.frame_final_start, strip.frame_final_end) == (clip.start, clip.end)
     keep = np.ones((info.height, info.width), bool)
     keep[box[1] : box[3], box[0] : box[2]] = False
-    for f in range(6, 41):
+    for f in range(clip.start, clip.end):
         strip.mute = True
         want = render(scene, f, tmp_path / "movie.png")
         strip.mute = False
