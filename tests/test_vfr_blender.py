@@ -5,6 +5,8 @@ lip-synced result strip lines up with its movie frame for frame.
 # ruff: noqa: F811  (pytest fixtures imported from blender_env come back as test arguments)
 from __future__ import annotations
 
+from fractions import Fraction
+
 import bpy
 import numpy as np
 import pytest
@@ -24,12 +26,14 @@ def clips(tmp_path_factory, shared_media):
 
 
 def movie_scene(name: str, path, info):
+    """A scene at the movie's own frame rate as Blender reads it, the movie at frame 1."""
     scene = be.new_scene(name)
-    scene.render.fps, scene.render.fps_base = round(info.fps * 1000), 1000.0
     r = scene.render
     r.resolution_x, r.resolution_y, r.resolution_percentage = info.width, info.height, 100
     r.image_settings.file_format = "PNG"
     movie = scene.sequence_editor.strips.new_movie(name, str(path), 1, 1)
+    rate = Fraction(movie.fps).limit_denominator(1001)
+    r.fps, r.fps_base = rate.numerator, float(rate.denominator)
     return scene, movie
 
 
@@ -82,7 +86,7 @@ def test_result_strip_lines_up_with_its_variable_rate_movie(configured, checkpoi
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (clip,) = plan.sync_clips(snap, [tl.TimelineSegment(*snap.video.timing.visible, True)], job_dir)
-    assert (clip.start, clip.end, clip.src_start, clip.src_end) == (6, 1 + info.frames, 5, info.frames)
+    assert (clip.start, clip.end, clip.src_start, clip.src_end) == (6, movie.frame_final_end, 5, movie.frame_duration)
     job = plan.sync_job(snap, [clip])
     box = (40, 40, 120, 116)  # the mouth region; the code bar and the face's upper half stay outside it
     job["options"].update(box=list(box), batch_size=16)

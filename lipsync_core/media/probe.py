@@ -17,7 +17,7 @@ import json
 import math
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -51,9 +51,9 @@ class VideoInfo:
     codec: str | None = None  # the video stream's codec as ffmpeg names it ("h264", ...)
     decoded_frames: int = 0  # frames the stream decodes to (0: same as frames)
     # frame_map[n]: the decoded frame (in presentation order) grid slot n shows; None: slot n shows frame n
-    frame_map: tuple[int, ...] | None = None
+    frame_map: tuple[int, ...] | None = field(default=None, repr=False)
     # each decoded frame's time in seconds from the file's start (for seeking), when the frames were scanned
-    frame_times: tuple[float, ...] | None = None
+    frame_times: tuple[float, ...] | None = field(default=None, repr=False)
     variable_rate: bool = False  # frames missing from or crowded on the grid (frame_map repeats or skips)
 
     def source_frame(self, slot: int) -> int:
