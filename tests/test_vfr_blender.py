@@ -47,7 +47,7 @@ def render(scene, frame: int, path) -> np.ndarray:
     return cv2.imread(str(path)).astype(np.int16)
 
 
-@pytest.mark.parametrize("key", ["drop", "late", "jitter", "mkv", "steps", "cut", "real"])
+@pytest.mark.parametrize("key", ["drop", "late", "jitter", "mkv", "bframes", "webm", "steps", "cut", "real"])
 def test_engine_frame_n_is_blenders_frame_n(lipsync_addon, clips, key, tmp_path):
     """Every frame Blender shows, rendered, against every frame the engine decodes: render n's closest engine
     frame is the engine's frame n (or one with the same picture, where a frame repeats)."""

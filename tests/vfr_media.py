@@ -64,6 +64,15 @@ def made_vfr_clips(d: Path, n: int = 60) -> dict[str, Path]:
     ff("-i", str(src), "-vf", "setpts='if(lt(N,30),N/25,30/25+(N-30)/50)/TB'", *passthrough_args(ffmpeg_exe()),
        "-enc_time_base", "1:1000", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "10", str(d / "steps.mp4"))
     c["steps"] = d / "steps.mp4"
+    # a phone-like 29.97 fps stream: B-frames (reordered timestamps), 0.05 s late, every 5th frame lost
+    ntsc = write_video(d / "ntsc.mp4", coded_frames(n), fps="30000/1001")
+    ff("-i", str(ntsc), "-vf", "select='not(eq(mod(n,5),2))',setpts='PTS+0.05/TB'", *passthrough_args(ffmpeg_exe()),
+       "-c:v", "libx264", "-preset", "medium", "-bf", "3", "-crf", "10", str(d / "bframes.mp4"))
+    c["bframes"] = d / "bframes.mp4"
+    # WebM (VP9): no stream duration, the container's is used
+    ff("-i", str(ntsc), "-vf", "select='not(eq(mod(n,8),3))'", *passthrough_args(ffmpeg_exe()),
+       "-c:v", "libvpx-vp9", "-deadline", "realtime", "-crf", "20", "-b:v", "0", str(d / "vp9.webm"))
+    c["webm"] = d / "vp9.webm"
     # MPEG-TS (no index, a start offset) and a stream-copy cut (an edit list hides frames the container counts)
     ff("-i", str(src), "-c", "copy", "-f", "mpegts", str(d / "cfr.ts"))
     c["ts"] = d / "cfr.ts"
