@@ -1,4 +1,11 @@
-"""What a media file holds: `probe(path) -> VideoInfo` (exact frame count), `probe_audio(path) -> AudioInfo`.
+"""What a media file holds: `probe(path) -> VideoInfo` (its frames as Blender counts them),
+`probe_audio(path) -> AudioInfo`.
+
+A movie's frames are Blender's frame grid, so frame n is the same picture in the engine and in the editor:
+the rate is ffmpeg's guessed frame rate of the stream, the length the stream's duration times that rate
+(rounded), and slot n shows the last frame whose timestamp is at or before the stream's start + n / rate (the
+first frame when none is). On a constant-rate file that is every frame once; a variable-rate file (phones,
+screen recorders) repeats a frame where one is missing and skips one where two fall into a slot.
 
 Facts come from ffprobe's JSON; without ffprobe (imageio-ffmpeg's binary ships none) from `ffmpeg -i`'s text and
 a quick decode pass. Both parsers fill the same `_Meta`, so everything after reading is shared.
@@ -10,7 +17,7 @@ import json
 import math
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,18 +37,30 @@ class VideoInfo:
     path: str
     width: int  # as decoded, i.e. after rotation metadata is applied
     height: int
-    fps: float
+    fps: float  # the frame grid's rate (the stream's nominal rate, as Blender uses it)
     fps_rational: str  # "30000/1001"
-    frames: int  # exact number of decodable frames
+    frames: int  # slots on the frame grid: the strip length Blender shows
     duration: float  # seconds of video
     has_audio: bool
     # seconds from the file's start to the first video frame: what `-ss` positions are measured against
     start_time: float = 0.0
-    # False for variable frame rate or containers without a reliable index: readers decode from the start
+    # False for containers without a reliable index: readers decode from the start
     seekable: bool = True
     rotation: int = 0
     color_space: str | None = None  # the source's YUV matrix tag ("bt709", ...); pass it to VideoEncoder
     codec: str | None = None  # the video stream's codec as ffmpeg names it ("h264", ...)
+    decoded_frames: int = 0  # frames the stream decodes to (0: same as frames)
+    # frame_map[n]: the decoded frame (in presentation order) grid slot n shows; None: slot n shows frame n
+    frame_map: tuple[int, ...] | None = field(default=None, repr=False)
+    # each decoded frame's time in seconds from the file's start (for seeking), when the frames were scanned
+    frame_times: tuple[float, ...] | None = field(default=None, repr=False)
+    variable_rate: bool = False  # frames missing from or crowded on the grid (frame_map repeats or skips)
+
+    def source_frame(self, slot: int) -> int:
+        """The decoded frame that grid slot `slot` shows."""
+        if self.frame_map is not None:
+            return self.frame_map[slot]
+        return min(slot, (self.decoded_frames or self.frames) - 1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,13 @@ def _float(v, default: float | None = None) -> float | None:
     return f if math.isfinite(f) else default
 
 
+def _int(v) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def _snap_fps(value: float) -> Fraction:
     """`ffmpeg -i` prints rounded rates ("29.97"): recover the usual exact fractions."""
     for base in (24, 30, 48, 60, 120, 240):
@@ -101,8 +127,10 @@ class _Meta:
     format_name: str = ""
     format_start: float = 0.0
     format_duration: float | None = None
-    video: dict | None = None  # width, height, rotation, rate, avg_rate, nb_frames, duration, start
-    audio: list | None = None  # [{sample_rate, channels, duration}]
+    # width, height, rotation, rate, avg_rate, nb_frames, duration, start, time_base, start_pts, duration_ts
+    video: dict | None = None
+    audio: list | None = None  # [{sample_rate, channels, duration, start}]
+    from_ffprobe: bool = True  # False: `ffmpeg -i`'s text, which has no stream durations
 
 
 def _meta_ffprobe(path: str, ffprobe: str) -> _Meta:
@@ -132,11 +160,14 @@ def _meta_ffprobe(path: str, ffprobe: str) -> _Meta:
                 "nb_frames": int(nb) if str(nb).isdigit() else None,
                 "duration": _float(s.get("duration")),
                 "start": _float(s.get("start_time")),
+                "time_base": fraction(s.get("time_base")),
+                "start_pts": _int(s.get("start_pts")),
+                "duration_ts": _int(s.get("duration_ts")),
             }
         elif kind == "audio":
             meta.audio.append({"codec": s.get("codec_name"), "sample_rate": int(s.get("sample_rate") or 0),
                                "channels": int(s.get("channels") or 0),
-                               "duration": _float(s.get("duration"))})
+                               "duration": _float(s.get("duration")), "start": _float(s.get("start_time"))})
     return meta
 
 
@@ -169,7 +200,7 @@ def _meta_ffmpeg(path: str) -> _Meta:
     if not m:
         raise LipsyncError(f"cannot read {path}: {tail(text)}\n"
                            "Give a video or audio file that ffmpeg can open.")
-    meta = _Meta(format_name=m.group(1), audio=[])
+    meta = _Meta(format_name=m.group(1), audio=[], from_ffprobe=False)
     m = re.search(r"Duration: (?:(\d+):(\d+):(\d+(?:\.\d+)?)|N/A)(?:, start: (-?[\d.]+))?", text)
     if m:
         if m.group(1) is not None:
@@ -187,6 +218,7 @@ def _meta_ffmpeg(path: str) -> _Meta:
             size = re.search(r"[ ,](\d{2,5})x(\d{2,5})(?=[ ,\[]|$)", desc)
             fps = re.search(r"([\d.]+)(k?) fps", desc)
             tbr = re.search(r"([\d.]+)(k?) tbr", desc)
+            tbn = re.search(r"([\d.]+)(k?) tbn", desc)
             rot = re.search(r"rotation of (-?[\d.]+) degrees", block)
             # "yuv420p(tv, bt709, progressive)"; "bt709/bt709/bt709" when primaries/transfer are printed too
             color = None
@@ -202,12 +234,15 @@ def _meta_ffmpeg(path: str) -> _Meta:
                 "width": int(size.group(1)) if size else 0, "height": int(size.group(2)) if size else 0,
                 "rotation": _rotation_of(rot.group(1)) if rot else 0, "color_space": color,
                 "rate": r_rate, "avg_rate": rate, "nb_frames": None, "duration": None, "start": None,
+                "time_base": (Fraction(1, int(float(tbn.group(1)) * (1000 if tbn.group(2) else 1)))
+                              if tbn and float(tbn.group(1)) >= 1 else None),
+                "start_pts": None, "duration_ts": None,
             }
         elif kind == "Audio":
             hz = re.search(r"(\d+) Hz, ([^,]+)", desc)
             meta.audio.append({"codec": _codec_of(desc), "sample_rate": int(hz.group(1)) if hz else 0,
                                "channels": _layout_channels(hz.group(2)) if hz else 0,
-                               "duration": None})
+                               "duration": None, "start": None})
     return meta
 
 
@@ -216,33 +251,84 @@ def _read_meta(path: str) -> _Meta:
     return _meta_ffprobe(path, ffprobe) if ffprobe else _meta_ffmpeg(path)
 
 
-def _decode_scan(path: str) -> tuple[int, float | None, bool]:
-    """Decode the video stream once (no pixel conversion): exact frame count, the first frame's time
-    (relative to the file start, as `-ss` counts) and whether frame spacing is regular.
+@dataclass(frozen=True)
+class _Scan:
+    pts: np.ndarray  # int64 timestamps of the decoded frames in `time_base` units, presentation order
+    time_base: Fraction
+    last_duration: int  # the last frame's duration (same units)
 
-    The timestamps come from framecrc lines of `wrapped_avframe` packets: cheap, nothing is copied.
+
+_SCAN_TIME_BASE = Fraction(1, 1_000_000)  # when the stream's own time base is unknown
+
+
+def _scan_frames(path: str, time_base: Fraction | None) -> _Scan:
+    """Decode the video stream once (no pixel conversion) for every frame's timestamp, as the file holds it.
+
+    The timestamps come from framecrc lines of `wrapped_avframe` packets: cheap, nothing is copied. `-copyts`
+    and the stream's own time base keep them exactly as Blender's reader sees them.
     """
-    cmd = [*ff.base_command(), "-i", path, "-map", "0:V:0", "-an", "-sn", "-dn",
-           *ff.passthrough_args(ff.ffmpeg_exe()), "-enc_time_base", "1:1000000",
+    tb = time_base or _SCAN_TIME_BASE
+    cmd = [*ff.base_command(), "-copyts", "-i", path, "-map", "0:V:0", "-an", "-sn", "-dn",
+           *ff.passthrough_args(ff.ffmpeg_exe()), "-enc_time_base", f"{tb.numerator}:{tb.denominator}",
            "-c:v", "wrapped_avframe", "-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
         raise LipsyncError(f"cannot decode the video in {path}:\n  {tail(proc.stderr)}")
-    pts = []
+    pts, last_duration = [], 0
     for line in proc.stdout.decode("ascii", "replace").splitlines():
         if line and line[0] != "#":
             parts = line.split(",")
-            if len(parts) >= 3:
+            if len(parts) >= 4:
                 pts.append(int(parts[2]))
-    if not pts:
-        return 0, None, True
-    pts.sort()
-    regular = True
-    if len(pts) > 2:
-        d = np.diff(np.asarray(pts, np.int64))
-        med = float(np.median(d))
-        regular = med > 0 and float(np.abs(d - med).max()) < 0.25 * med
-    return len(pts), pts[0] / 1e6, regular
+                last_duration = int(parts[3])
+    return _Scan(np.sort(np.asarray(pts, np.int64)), tb, last_duration)
+
+
+# --------------------------------------------------------------------------------------------- frame grid
+
+
+def _grid_rate(r_rate: Fraction | None, avg_rate: Fraction | None) -> Fraction | None:
+    """ffmpeg's guess of a stream's frame rate (av_guess_frame_rate), which Blender plays a movie at: the
+    nominal rate, unless it is implausibly high for what the stream averages."""
+    if r_rate and avg_rate and float(avg_rate) < 70 and float(r_rate) > 210:
+        return avg_rate
+    return r_rate or avg_rate
+
+
+def _round_half_away(x: float) -> int:
+    """C's lround / round for the non-negative values used here."""
+    return int(math.floor(x + 0.5))
+
+
+def _grid_length(meta: _Meta, rate: Fraction, scan: _Scan | None) -> int | None:
+    """How many frames Blender gives the strip: the stream's duration x rate, rounded; the container's
+    duration (less the video's late start against the audio) when the stream has none; None when neither
+    is known."""
+    v = meta.video
+    stream_seconds = None
+    if v["duration_ts"] is not None and v["time_base"]:
+        stream_seconds = v["duration_ts"] * float(v["time_base"])
+    elif v["duration"] is not None:
+        stream_seconds = v["duration"]
+    elif not meta.from_ffprobe and scan is not None and len(scan.pts) and "matroska" not in meta.format_name:
+        # without ffprobe: what the stream's own duration is for the usual containers
+        stream_seconds = float((int(scan.pts[-1]) + scan.last_duration - int(scan.pts[0])) * scan.time_base)
+    if stream_seconds is not None:
+        return _round_half_away(stream_seconds * float(rate))
+    if meta.format_duration is not None:
+        video_start = v["start"] or 0.0
+        audio_start = (meta.audio[0].get("start") or 0.0) if meta.audio else 0.0
+        seconds = meta.format_duration - max(0.0, video_start - audio_start)
+        return _round_half_away(seconds * float(rate))
+    return v["nb_frames"]
+
+
+def _grid_map(scan: _Scan, start_pts: int, rate: Fraction, length: int) -> np.ndarray:
+    """For each grid slot, the decoded frame Blender shows: the last one whose timestamp is at or before
+    start + round(n / rate) (in stream time-base units), the first frame when none is."""
+    steps = float(1 / (rate * scan.time_base))  # time-base units per slot
+    targets = start_pts + np.floor(np.arange(length, dtype=np.float64) * steps + 0.5).astype(np.int64)
+    return np.maximum(np.searchsorted(scan.pts, targets, side="right") - 1, 0)
 
 
 # ------------------------------------------------------------------------------------------------- probe
@@ -258,40 +344,50 @@ def probe(path) -> VideoInfo:
     width, height = v["width"], v["height"]
     if v["rotation"] in (90, 270):  # ffmpeg rotates while decoding
         width, height = height, width
-    rate, avg = v["rate"], v["avg_rate"]
-    # r_frame_rate is the clean nominal rate ("30000/1001"); avg is what variable-rate files really average.
-    if rate and avg and abs(float(rate) - float(avg)) <= 1e-3 * float(avg):
-        fps, constant = rate, True
-    else:
-        fps, constant = avg or rate, False
+    fps = _grid_rate(v["rate"], v["avg_rate"])
     if fps is None:
         raise LipsyncError(f"cannot tell the frame rate of {path}: re-encode it to a constant frame rate, "
                            "e.g. ffmpeg -i IN -r 25 OUT.mp4")
 
-    frames, start, duration = None, None, v["duration"]
-    nb = v["nb_frames"]
-    # The container's sample count is exact unless an edit list trims frames (stream-copy cuts): then the
-    # trimmed duration no longer matches it and we count by decoding instead.
-    if nb and duration and abs(nb - duration * float(fps)) < 0.5 and constant:
-        frames = nb
-        if v["start"] is not None:
-            start = v["start"] - meta.format_start
-    if frames is None:
-        frames, start_scan, regular = _decode_scan(path)
-        start = start_scan if v["start"] is None else v["start"] - meta.format_start
-        constant = constant and regular
-    if frames <= 0:
-        raise LipsyncError(f"{path} has a video stream but no frame could be decoded: "
-                           "the file may be damaged; re-export it.")
-    if duration is None:
-        duration = frames / float(fps)
-    seekable = constant and any(f in meta.format_name.split(",") for f in _SEEKABLE_FORMATS)
+    nb, avg = v["nb_frames"], v["avg_rate"]
+    length = _grid_length(meta, fps, None)
+    scan = frame_map = frame_times = None
+    variable = False
+    start = v["start"] - meta.format_start if v["start"] is not None else None
+    # The quick case, no decoding: the container counts as many frames as the grid has slots and they average
+    # the nominal rate. An edit list that trims frames (stream-copy cuts) breaks the count; so does a
+    # variable rate.
+    if nb and length == nb and avg and abs(float(fps) - float(avg)) <= 1e-3 * float(fps):
+        decoded = nb
+    else:
+        scan = _scan_frames(path, v["time_base"])
+        decoded = len(scan.pts)
+        if decoded <= 0:
+            raise LipsyncError(f"{path} has a video stream but no frame could be decoded: "
+                               "the file may be damaged; re-export it.")
+        if not meta.from_ffprobe:
+            length = _grid_length(meta, fps, scan)
+        length = length or decoded
+        start_pts = v["start_pts"] if v["start_pts"] is not None else int(scan.pts[0])
+        grid = _grid_map(scan, start_pts, fps, length)
+        if decoded < length or not np.array_equal(grid, np.arange(length)):
+            frame_map = tuple(int(k) for k in grid)
+            n = min(length, decoded)
+            variable = not np.array_equal(grid[:n], np.arange(n))
+        seconds = scan.pts.astype(np.float64) * float(scan.time_base) - meta.format_start
+        frame_times = tuple(float(t) for t in seconds)
+        if start is None:
+            start = frame_times[0]
+    frames = length or decoded
+    duration = v["duration"] if v["duration"] is not None else frames / float(fps)
+    seekable = any(f in meta.format_name.split(",") for f in _SEEKABLE_FORMATS)
     return VideoInfo(path=path, width=width, height=height, fps=float(fps),
                      fps_rational=f"{fps.numerator}/{fps.denominator}", frames=int(frames),
                      duration=float(duration), has_audio=bool(meta.audio), start_time=float(start or 0.0),
                      seekable=seekable, rotation=v["rotation"],
                      color_space=v["color_space"] if v["color_space"] in SWS_MATRIX else None,
-                     codec=v["codec"])
+                     codec=v["codec"], decoded_frames=int(decoded), frame_map=frame_map,
+                     frame_times=frame_times, variable_rate=variable)
 
 
 def probe_audio(path) -> AudioInfo:

@@ -1,7 +1,9 @@
-"""`FrameReader`: BGR uint8 frames streamed out of an ffmpeg process.
+"""`FrameReader`: BGR uint8 frames streamed out of an ffmpeg process, on the probe's frame grid.
 
 Frame-exact start (seek or trim), optional downscale in the decoder, a prefetch thread; nothing holds the
-whole video in memory.
+whole video in memory. A variable-rate file is decoded frame by frame (`-fps_mode passthrough`) and put on
+the grid here, each decoded frame repeated for the slots it covers (or skipped when it covers none), so the
+mapping is the probe's exactly rather than an ffmpeg `fps` filter's nearest-slot rounding.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ class _Decoder:
     """The ffmpeg process and prefetch thread; holds no reference to its FrameReader, so a reader that is
     dropped without close() is still collected and its ffmpeg killed."""
 
-    def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int):
-        self.shape, self.n, self.path = shape, n, path
+    def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int,
+                 repeats: np.ndarray | None = None):
+        # n decoded frames; repeats[i]: how many grid slots decoded frame i fills (None: one each)
+        self.shape, self.n, self.path, self.repeats = shape, n, path, repeats
+        self.slots = self._slots()
         self.proc, self.stderr = ff.start_streaming(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         ff.grow_pipe(self.proc.stdout.fileno(), 1 << 20)
         self.stop = threading.Event()
@@ -48,9 +53,9 @@ class _Decoder:
             self.thread.start()
 
     def read(self) -> np.ndarray | None:
-        """Next frame, None at the end; LipsyncError if ffmpeg failed."""
+        """Next grid frame, None at the end; LipsyncError if ffmpeg failed."""
         if self.thread is None:
-            return self._read()
+            return next(self.slots, None)
         item = self.queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -67,11 +72,20 @@ class _Decoder:
                 raise LipsyncError(f"ffmpeg failed while decoding {self.path}:\n  {why}")
         return frame
 
+    def _slots(self) -> Iterator[np.ndarray]:
+        """Decoded frames put on the grid: each one as often as it fills slots, a fresh array every time."""
+        for i in range(self.n):
+            frame = self._read()
+            if frame is None:
+                return
+            reps = 1 if self.repeats is None else int(self.repeats[i])
+            for r in range(reps):
+                yield frame if r == reps - 1 else frame.copy()
+
     def _pump(self) -> None:
         try:
-            for _ in range(self.n):
-                frame = self._read()
-                if frame is None or self.stop.is_set():
+            for frame in self.slots:
+                if self.stop.is_set():
                     break
                 self._put(frame)
         except BaseException as exc:  # hand any failure to the consumer
@@ -101,10 +115,12 @@ class _Decoder:
 class FrameReader:
     """Iterate BGR uint8 frames (H, W, 3) of `path[start_frame:end_frame]` streamed from ffmpeg.
 
-    Frame k of the reader is frame start_frame + k of a full decode (end_frame exclusive, clamped to the
-    video). `size=(w, h)` scales in ffmpeg (cheap small frames for face detection). A prefetch thread keeps
-    `prefetch` frames decoded ahead of the consumer (0: read inline). Every frame is a fresh array the
-    caller may keep or modify. Use as a context manager (or call close()) to stop ffmpeg when leaving early.
+    Frames are slots of the probe's frame grid (`VideoInfo.frames`, what Blender shows): frame k of the reader
+    is grid frame start_frame + k (end_frame exclusive, clamped to the video); on a constant-rate file that is
+    frame start_frame + k of a full decode. `size=(w, h)` scales in ffmpeg (cheap small frames for face
+    detection). A prefetch thread keeps `prefetch` frames decoded ahead of the consumer (0: read inline).
+    Every frame is a fresh array the caller may keep or modify. Use as a context manager (or call close())
+    to stop ffmpeg when leaving early.
     If the file ends before end_frame (a damaged tail), iteration just stops: check `frames_read`.
     """
 
@@ -124,9 +140,18 @@ class FrameReader:
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"bad frame size {size}")
         self.frames_read = 0
+        # the decoded frames [first, last] these slots show, and how many slots each one fills
+        self._first = self.info.source_frame(start) if len(self) else 0
+        self._repeats = None
+        n_decoded = len(self)
+        if self.info.frame_map is not None and len(self):
+            shown = np.asarray(self.info.frame_map[start:end], np.int64) - self._first
+            self._repeats = np.bincount(shown)
+            n_decoded = len(self._repeats)
         self._dec: _Decoder | None = None
         if len(self) > 0:
-            self._dec = _Decoder(self._command(), self.shape, len(self), self.path, prefetch)
+            self._dec = _Decoder(self._command(n_decoded), self.shape, n_decoded, self.path, prefetch,
+                                 self._repeats)
 
     def __len__(self) -> int:
         return self.end_frame - self.start_frame
@@ -135,23 +160,27 @@ class FrameReader:
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, 3)
 
-    def _command(self) -> list[str]:
+    def _command(self, n_decoded: int) -> list[str]:
         cmd = ff.base_command()
         filters = []
-        if self.start_frame > 0 and self.info.seekable:
-            # Midway between frames k-1 and k: immune to timestamp rounding. Input -ss decodes from the
-            # keyframe before and drops frames earlier than t, so the first frame out is exactly k.
-            t = self.info.start_time + (self.start_frame - 0.5) / self.info.fps
+        first, times = self._first, self.info.frame_times
+        if first > 0 and self.info.seekable:
+            # Midway between decoded frames k-1 and k: immune to timestamp rounding. Input -ss decodes from
+            # the keyframe before and drops frames earlier than t, so the first frame out is exactly k.
+            if times is not None:
+                t = (times[first - 1] + times[first]) / 2
+            else:
+                t = self.info.start_time + (first - 0.5) / self.info.fps
             cmd += ["-ss", f"{max(t, 0.0):.6f}"]
-        elif self.start_frame > 0:
-            filters.append(f"trim=start_frame={self.start_frame}")
+        elif first > 0:
+            filters.append(f"trim=start_frame={first}")
         cmd += ["-i", self.path, "-map", "0:V:0", "-an", "-sn", "-dn"]
         if (self.width, self.height) != (self.info.width, self.info.height):
             filters.append(f"scale={self.width}:{self.height}:flags=bilinear")
         if filters:
             filters.append("format=bgr24")  # scale and convert in one swscale pass
             cmd += ["-vf", ",".join(filters)]
-        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(len(self)), "-sws_flags", SWS_FLAGS,
+        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(n_decoded), "-sws_flags", SWS_FLAGS,
                 "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
         return cmd
 
