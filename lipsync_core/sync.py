@@ -47,6 +47,8 @@ class SyncOptions:
     # x264 speed/size trade: "superfast" leaves more CPU to the generator, which shares the cores with the
     # encoder, at the same quality for bigger files (figures: README, bench)
     preset: str = "superfast"
+    # the result's encoding (media.encoder.CODECS): "h264" (.mp4), "prores" (422 HQ, .mov), "ffv1" (lossless, .mkv)
+    codec: str = "h264"
 
 
 @dataclass
@@ -194,8 +196,15 @@ class ClipRenderer:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
+        from .colour import YuvColour
         from .media import VideoEncoder, encoded_size
+        from .media.encoder import codec_of, output_pix_fmt
 
+        codec = codec_of(self.opts.codec)
+        # ProRes / FFV1: frames cross as the source's own Y'CbCr at 16 bits, so the pixels outside the mouth keep
+        # their samples and bit depth; H.264 (8-bit 4:2:0) takes BGR as before
+        frame_format = "yuv444p16le" if codec.faithful else "bgr24"
+        colour = YuvColour(info.color_space, info.color_range) if codec.faithful else None
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
         n = len(frames)
@@ -218,7 +227,7 @@ class ClipRenderer:
             fi = 0
             for _, frame, box in items:
                 if box is not None:
-                    self.compositor.paste(frame, faces[fi], box)
+                    self.compositor.paste(frame, faces[fi], box, colour)
                     fi += 1
             t0 = clock.add("blend", t0)
             for _, frame, _ in items:
@@ -236,7 +245,7 @@ class ClipRenderer:
             if face_items:
                 crops = np.empty((len(face_items), IMG, IMG, 3), np.uint8)
                 for i, (_, f, b) in enumerate(face_items):
-                    crops[i] = _crop96(f, b)
+                    crops[i] = _crop96(f, b, colour)
                 mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
                 clock.add("crop", t0)
                 fut = pool.submit(self._predict, mels, crops, clock)
@@ -249,8 +258,10 @@ class ClipRenderer:
             contiguous = bool(n) and int(frames[-1]) - int(frames[0]) == n - 1
             with VideoEncoder(output, info.width, info.height, info.fps_rational, audio_path=audio_path,
                               audio_start=audio_start, n_frames=n, crf=self.opts.crf,
-                              preset=self.opts.preset, color_space=info.color_space) as enc:
-                for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock)):
+                              preset=self.opts.preset, color_space=info.color_space, codec=codec.name,
+                              frame_format=frame_format, source_pix_fmt=info.pix_fmt,
+                              color_range=info.color_range) as enc:
+                for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock, frame_format)):
                     cancel.check()
                     box = boxes[k]
                     has = box[0] >= 0
@@ -268,14 +279,15 @@ class ClipRenderer:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             progress.finish("sync")
-        # H.264 (yuv420p) holds only even sizes: an odd source gets one extra column / row at the right / bottom
-        # edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up with its source.
-        out_w, out_h = encoded_size(info.width, info.height)
+        # 4:2:0 holds only even sizes (4:2:2 even widths): an odd source gets one extra column / row at the right /
+        # bottom edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up.
+        out_w, out_h = encoded_size(info.width, info.height, output_pix_fmt(codec.name, info.pix_fmt))
         return {"output": output, "frames": n, "face_frames": int(n_face), "size": [info.width, info.height],
                 "pad": [out_w - info.width, out_h - info.height]}
 
 
-def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock):
+def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock,
+                     pix_fmt: str = "bgr24"):
     """Decode the requested source frames in order; a looped clip (--match audio) re-opens the stream."""
     from .media import FrameReader
 
@@ -285,7 +297,7 @@ def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: S
         breaks = np.nonzero(np.diff(frames) != 1)[0] + 1
         runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(frames, breaks)]
     for s, e in runs:
-        with FrameReader(video, start_frame=s, end_frame=e, info=info) as reader:
+        with FrameReader(video, start_frame=s, end_frame=e, info=info, pix_fmt=pix_fmt) as reader:
             t0 = time.perf_counter()
             for frame in reader:
                 t0 = clock.add("decode", t0)
@@ -293,10 +305,14 @@ def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: S
                 t0 = time.perf_counter()
 
 
-def _crop96(frame: np.ndarray, box) -> np.ndarray:
+def _crop96(frame: np.ndarray, box, colour=None) -> np.ndarray:
+    """The generator's 96x96 BGR uint8 input; a (3, H, W) Y'CbCr frame (with its colour.YuvColour) is
+    converted in the box only."""
     import cv2
 
     x1, y1, x2, y2 = box
+    if colour is not None:
+        return cv2.resize(colour.to_bgr8(frame[:, y1:y2, x1:x2]), (IMG, IMG))
     return cv2.resize(frame[y1:y2, x1:x2], (IMG, IMG))
 
 
@@ -347,7 +363,7 @@ def resolve_segments(video: str, info, opts: SyncOptions, progress: Progress, ca
 
 def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions | None = None,
          progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
-    """Lip-sync `video` to `audio` into `output` (H.264 + AAC). Returns a report (segments, timings...)."""
+    """Lip-sync `video` to `audio` into `output` (opts.codec: H.264, ProRes or FFV1). Returns a report."""
     from .media import probe, probe_audio
 
     opts = opts or SyncOptions()
@@ -355,8 +371,8 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     cancel = cancel or CancelToken()
     clock = StageClock()
     t_start = time.perf_counter()
-    _check_output(output, [video, audio, checkpoint])
     _check_encoding(opts)
+    _check_output(output, [video, audio, checkpoint], opts.codec)
     info = probe(video)
     if probe_audio(audio).duration < 0.05:
         raise LipsyncError(f"{audio} has no sound to sync to: give a file with speech in it")
@@ -412,7 +428,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     _check_checkpoint(checkpoint)
     for c in clips:
         _check_range(info, int(c["start_frame"]), int(c["end_frame"]))
-        _check_output(c["output"], [video, audio, checkpoint])
+        _check_output(c["output"], [video, audio, checkpoint], opts.codec)
     renderer = ClipRenderer(checkpoint, opts, progress)
     face_segs = [Segment(int(c["start_frame"]), int(c["end_frame"]), True) for c in clips if c.get("face", True)]
     boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
@@ -439,7 +455,10 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     return {"clips": results, "fps": info.fps, "timings": dict(clock.seconds)}
 
 
-def _check_output(output: str, inputs: list[str]) -> None:
+def _check_output(output: str, inputs: list[str], codec: str = "h264") -> None:
+    from .media.encoder import check_output_name
+
+    check_output_name(output, codec)
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise LipsyncError(f"the output folder {folder} does not exist: create it or choose another -o path")
@@ -450,7 +469,9 @@ def _check_output(output: str, inputs: list[str]) -> None:
 
 def _check_encoding(opts: SyncOptions) -> None:
     from .media import X264_PRESETS
+    from .media.encoder import codec_of
 
+    codec_of(opts.codec)
     if opts.preset not in X264_PRESETS:
         raise LipsyncError(f"unknown x264 preset {opts.preset!r}: use one of {', '.join(X264_PRESETS)}")
     if not (isinstance(opts.crf, int) and 0 <= opts.crf <= 51):

@@ -1,4 +1,4 @@
-"""`FrameReader`: BGR uint8 frames streamed out of an ffmpeg process.
+"""`FrameReader`: BGR uint8 frames (or the source's own Y'CbCr at 16 bits) streamed out of an ffmpeg process.
 
 Frame-exact start (seek or trim), optional downscale in the decoder, a prefetch thread; nothing holds the
 whole video in memory.
@@ -15,13 +15,17 @@ import numpy as np
 
 from ..errors import LipsyncError
 from . import ffmpeg as ff
-from .ffmpeg import SWS_FLAGS, tail
+from .ffmpeg import SWS_FLAGS, YUV_SWS_FLAGS, tail
 from .probe import VideoInfo, probe
 
+# what a frame is, per pixel format asked of ffmpeg: shape from (height, width), dtype
+FRAME_FORMATS = {"bgr24": (lambda h, w: (h, w, 3), np.uint8),
+                 "yuv444p16le": (lambda h, w: (3, h, w), np.dtype("<u2"))}
 
-def _read_exact(stdout, shape: tuple[int, int, int]) -> np.ndarray | None:
+
+def _read_exact(stdout, shape: tuple[int, int, int], dtype=np.uint8) -> np.ndarray | None:
     """One frame from a raw pipe into a fresh array; None at the end of the stream."""
-    buf = np.empty(shape, np.uint8)
+    buf = np.empty(shape, dtype)
     view = memoryview(buf).cast("B")
     got, n = 0, view.nbytes
     while got < n:
@@ -36,8 +40,9 @@ class _Decoder:
     """The ffmpeg process and prefetch thread; holds no reference to its FrameReader, so a reader that is
     dropped without close() is still collected and its ffmpeg killed."""
 
-    def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int):
-        self.shape, self.n, self.path = shape, n, path
+    def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int,
+                 dtype=np.uint8):
+        self.shape, self.n, self.path, self.dtype = shape, n, path, dtype
         self.proc, self.stderr = ff.start_streaming(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         ff.grow_pipe(self.proc.stdout.fileno(), 1 << 20)
         self.stop = threading.Event()
@@ -57,7 +62,7 @@ class _Decoder:
         return item
 
     def _read(self) -> np.ndarray | None:
-        frame = _read_exact(self.proc.stdout, self.shape)
+        frame = _read_exact(self.proc.stdout, self.shape, self.dtype)
         if frame is None:
             # ffmpeg ended early: an error, or the file held fewer frames than probed (then just stop)
             rc = self.proc.wait()
@@ -104,12 +109,16 @@ class FrameReader:
     Frame k of the reader is frame start_frame + k of a full decode (end_frame exclusive, clamped to the
     video). `size=(w, h)` scales in ffmpeg (cheap small frames for face detection). A prefetch thread keeps
     `prefetch` frames decoded ahead of the consumer (0: read inline). Every frame is a fresh array the
-    caller may keep or modify. Use as a context manager (or call close()) to stop ffmpeg when leaving early.
+    caller may keep or modify. `pix_fmt="yuv444p16le"`: (3, H, W) uint16 planes of the source's own
+    Y'CbCr instead (chroma repeated to full size, samples shifted to 16 bits: an encoder that subsamples
+    them back to the source's format gets the source's samples exactly). Use as a context manager (or call
+    close()) to stop ffmpeg when leaving early.
     If the file ends before end_frame (a damaged tail), iteration just stops: check `frames_read`.
     """
 
     def __init__(self, path, start_frame: int = 0, end_frame: int | None = None,
-                 size: tuple[int, int] | None = None, info: VideoInfo | None = None, prefetch: int = 4):
+                 size: tuple[int, int] | None = None, info: VideoInfo | None = None, prefetch: int = 4,
+                 pix_fmt: str = "bgr24"):
         self.info = info or probe(path)
         self.path = str(path)
         total = self.info.frames
@@ -123,17 +132,21 @@ class FrameReader:
         self.width, self.height = int(w), int(h)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"bad frame size {size}")
+        if pix_fmt not in FRAME_FORMATS:
+            raise ValueError(f"pix_fmt must be one of {sorted(FRAME_FORMATS)}, not {pix_fmt!r}")
+        self.pix_fmt = pix_fmt
         self.frames_read = 0
         self._dec: _Decoder | None = None
         if len(self) > 0:
-            self._dec = _Decoder(self._command(), self.shape, len(self), self.path, prefetch)
+            self._dec = _Decoder(self._command(), self.shape, len(self), self.path, prefetch,
+                                 FRAME_FORMATS[pix_fmt][1])
 
     def __len__(self) -> int:
         return self.end_frame - self.start_frame
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
+        return FRAME_FORMATS[self.pix_fmt][0](self.height, self.width)
 
     def _command(self) -> list[str]:
         cmd = ff.base_command()
@@ -148,11 +161,12 @@ class FrameReader:
         cmd += ["-i", self.path, "-map", "0:V:0", "-an", "-sn", "-dn"]
         if (self.width, self.height) != (self.info.width, self.info.height):
             filters.append(f"scale={self.width}:{self.height}:flags=bilinear")
+        flags = SWS_FLAGS if self.pix_fmt == "bgr24" else YUV_SWS_FLAGS
         if filters:
-            filters.append("format=bgr24")  # scale and convert in one swscale pass
+            filters.append(f"format={self.pix_fmt}")  # scale and convert in one swscale pass
             cmd += ["-vf", ",".join(filters)]
-        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(len(self)), "-sws_flags", SWS_FLAGS,
-                "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(len(self)), "-sws_flags", flags,
+                "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         return cmd
 
     def __iter__(self) -> Iterator[np.ndarray]:
