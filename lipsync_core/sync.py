@@ -147,10 +147,12 @@ class ClipRenderer:
         from .composite import Compositor
         from .device import cpu_has_native_bf16, pick_device, pick_dtype
         from .inference import FaceGenerator, default_batch_size
+        from .media.encoder import codec_of, is_lossless
         from .model import load_model
 
         self.opts = opts
         self.progress = progress or Progress()
+        forced = bool(os.environ.get("LIPSYNC_PRECISION", "").strip())
         self.device = pick_device(opts.device)
         self.dtype = pick_dtype(self.device)
         model = load_model(checkpoint, device=self.device)
@@ -159,35 +161,55 @@ class ClipRenderer:
         self.generator = FaceGenerator(model, self.device, self.dtype, first_row=self.compositor.first_row_used())
         del model  # the generator holds a folded copy
         self.batch_size = opts.batch_size or default_batch_size(self.device)
-        # CPU precision is measured, not assumed: bf16 is faster where the CPU has native bf16, but
-        # whether it keeps every output pixel within 1/255 of fp32 depends on the weights. The first batch
-        # runs both ways and decides (LIPSYNC_PRECISION skips the check).
-        self._try_bf16 = (self.device.type == "cpu" and self.dtype == torch.float32
-                          and not os.environ.get("LIPSYNC_PRECISION") and cpu_has_native_bf16())
+        self.precision: dict = {"chosen_by": "LIPSYNC_PRECISION" if forced else "default"}
+        self._fast = None  # the faster precision still to be judged on the first batch (precision.py)
+        if not forced and is_lossless(opts.codec, opts.crf):
+            # nothing in a lossless result hides a difference: exact fp32
+            self.dtype = self.generator.dtype = torch.float32
+            self.precision = {"chosen_by": "lossless output"}
+            codec = codec_of(opts.codec)
+            self.progress.log(f"precision: fp32 ({codec.label}{' at crf 0' if codec.name == 'h264' else ''} "
+                              "is lossless)")
+        elif not forced:
+            # CUDA starts in fp16 and native-bf16 CPUs could run bf16: either is kept only if the first batch
+            # shows it below what the encoding does anyway; the batch itself runs in fp32
+            fast = self.dtype if self.dtype != torch.float32 else (
+                torch.bfloat16 if self.device.type == "cpu" and cpu_has_native_bf16() else None)
+            if fast is not None:
+                self._fast = fast
+                self.dtype = self.generator.dtype = torch.float32
         self.progress.log(f"generator on {self.device} ({str(self.dtype).replace('torch.', '')}), "
                           f"batch {self.batch_size}")
 
-    def _predict(self, mels, crops, clock):
+    def _predict(self, mels, crops, clock, judge_with=None):
         t0 = time.perf_counter()
         out = self.generator.predict(mels, crops)
-        if self._try_bf16:
-            self._try_bf16 = False
-            self._choose_bf16(mels, crops, out)
-        clock.add("generator", t0)
+        t0 = clock.add("generator", t0)
+        if self._fast is not None and judge_with is not None:
+            fast, self._fast = self._fast, None
+            self._choose_precision(fast, mels, crops, out, *judge_with)
+            clock.add("precision", t0)
         return out
 
-    def _choose_bf16(self, mels, crops, reference: np.ndarray) -> None:
+    def _choose_precision(self, fast, mels, crops, exact, items, encode, colour, encoding: str) -> None:
+        """Judge the faster precision on this batch (precision.judge) and keep it or fp32 for the rest."""
         import torch
 
-        self.generator.dtype = torch.bfloat16
-        fast = self.generator.predict(mels, crops)
-        worst = int(np.abs(fast.astype(np.int16) - reference).max())
-        if worst <= 1:
-            self.dtype = torch.bfloat16
-            self.progress.log(f"bf16 matches fp32 within {worst}/255 on these weights: using bf16")
-        else:
+        from .precision import judge
+
+        self.generator.dtype = fast
+        try:
+            fast_out = self.generator.predict(mels, crops)
+        finally:
             self.generator.dtype = torch.float32
-            self.progress.log(f"bf16 moved pixels by up to {worst}/255 on these weights: keeping fp32")
+        frames = [f for _, f, _ in items]
+        boxes = [b for _, _, b in items]
+        verdict = judge(frames, boxes, exact, fast_out, self.compositor, encode, colour)
+        name = str(fast).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
+        if verdict.keep_fast:
+            self.dtype = self.generator.dtype = fast
+        self.precision = {"chosen_by": "first batch", "tried": name, **verdict.as_dict()}
+        self.progress.log(verdict.describe(name, encoding))
 
     def render(self, video: str, info, frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray,
                audio_path: str, audio_start: float, output: str, cancel: CancelToken | None = None,
@@ -205,6 +227,16 @@ class ClipRenderer:
         # their samples and bit depth; H.264 (8-bit 4:2:0) takes BGR as before
         frame_format = "yuv444p16le" if codec.faithful else "bgr24"
         colour = YuvColour(info.color_space, info.color_range) if codec.faithful else None
+        enc_opts = {"crf": self.opts.crf, "preset": self.opts.preset, "color_space": info.color_space,
+                    "codec": codec.name, "frame_format": frame_format, "source_pix_fmt": info.pix_fmt,
+                    "color_range": info.color_range}
+        encoding = codec.label + (f" crf {self.opts.crf}" if codec.name == "h264" else "")
+
+        def encode_roundtrip(frames_):
+            from .media import encode_roundtrip as roundtrip
+
+            return roundtrip(frames_, info.fps_rational, **enc_opts)
+
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
         n = len(frames)
@@ -248,7 +280,9 @@ class ClipRenderer:
                     crops[i] = _crop96(f, b, colour)
                 mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
                 clock.add("crop", t0)
-                fut = pool.submit(self._predict, mels, crops, clock)
+                judge_with = ((face_items, encode_roundtrip, colour, encoding)
+                              if self._fast is not None else None)
+                fut = pool.submit(self._predict, mels, crops, clock, judge_with)
             else:
                 fut = pool.submit(lambda: None)
             flush_pending(enc)  # finish the previous batch while this one runs
@@ -257,10 +291,7 @@ class ClipRenderer:
         try:
             contiguous = bool(n) and int(frames[-1]) - int(frames[0]) == n - 1
             with VideoEncoder(output, info.width, info.height, info.fps_rational, audio_path=audio_path,
-                              audio_start=audio_start, n_frames=n, crf=self.opts.crf,
-                              preset=self.opts.preset, color_space=info.color_space, codec=codec.name,
-                              frame_format=frame_format, source_pix_fmt=info.pix_fmt,
-                              color_range=info.color_range) as enc:
+                              audio_start=audio_start, n_frames=n, **enc_opts) as enc:
                 for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock, frame_format)):
                     cancel.check()
                     box = boxes[k]
@@ -405,6 +436,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     # "frames" stays the output's count (it differs from the source's with --match audio)
     result.update({"fps": seg["fps"], "segments": seg["segments"], "source_frames": info.frames})
     result.update({"device": str(renderer.device), "dtype": str(renderer.dtype).replace("torch.", ""),
+                   "precision": renderer.precision,
                    "seconds": total, "timings": dict(clock.seconds)})
     return result
 

@@ -70,7 +70,8 @@ def check_output_name(path, codec: str) -> None:
 
 def is_lossless(codec: str, crf: int) -> bool:
     """Whether the result keeps the frames it is given exactly (FFV1), or as closely as H.264 can (crf 0)."""
-    return codec_of(codec).lossless or (codec == "h264" and crf == 0)
+    c = codec_of(codec)
+    return c.lossless or (c.name == "h264" and crf == 0)
 
 
 def output_pix_fmt(codec: str, source_pix_fmt: str | None = None) -> str:
