@@ -14,6 +14,9 @@ from pathlib import Path
 from . import timeline as tl
 from .timeline import TimelineSegment, Timing
 
+# the file a result is written as, per encoding (the engine's CODECS: the first extension of each)
+RESULT_EXTENSIONS = {"h264": ".mp4", "prores": ".mov", "ffv1": ".mkv"}
+
 
 class PlanError(Exception):
     """Bad input: the message says what to do; the timeline is left as it is."""
@@ -45,6 +48,7 @@ class Snapshot:
     out_dir: str = ""
     relative_paths: bool = False  # results placed with paths relative to the .blend (it was saved at the start)
     cache_dir: str = ""  # the engine's detection cache
+    codec: str = "h264"  # result encoding (preferences): h264 | prores | ffv1
     options: dict = field(default_factory=dict)
 
 
@@ -170,7 +174,7 @@ def sync_clips(snap: Snapshot, segments: list[TimelineSegment], job_dir: Path) -
         s, e = rng
         src_s, src_e = tl.source_range(snap.video.timing, s, e)
         clips.append(Clip(s, e, src_s, src_e, round(tl.sound_seconds(snap.audio.timing, s, snap.fps), 6),
-                          str(job_dir / f"{stem}_{s}-{e}.mp4")))
+                          str(job_dir / f"{stem}_{s}-{e}{RESULT_EXTENSIONS[snap.codec]}")))
     if not clips:
         if not any(seg.face for seg in segments):
             raise PlanError(no_face_message(snap))
@@ -187,7 +191,7 @@ def sync_job(snap: Snapshot, clips: list[Clip]) -> dict:
                    "output": c.output, "face": True} for c in clips],
         "options": {"pads": list(snap.pads), "blend": snap.blend.lower(), "device": snap.device,
                     "batch_size": snap.options.get("batch_size"), "detector": snap.options.get("detector", "auto"),
-                    "smooth": True, "box": None},
+                    "smooth": True, "box": None, "codec": snap.codec},
     }
 
 

@@ -21,6 +21,15 @@ GENERATORS = (
     ("wav2lip_gan", "Wav2Lip GAN", "Sharper mouth, slightly weaker sync: the usual choice (~436 MB)"),
     ("wav2lip", "Wav2Lip", "Most accurate sync, slightly blurrier mouth (~436 MB)"),
 )
+# The result encodings (the engine's `codec` option, lipsync_core.media.encoder.CODECS); plan.RESULT_EXTENSIONS
+# names the file each is written as.
+ENCODINGS = (
+    ("H264", "H.264", "H.264 + AAC in .mp4, CRF 18: small files, any player (8-bit 4:2:0)"),
+    ("PRORES", "ProRes 422 HQ", "ProRes 422 HQ + PCM in .mov: an intermediate for grading; 10-bit 4:2:2, so a "
+                                "10-bit source keeps its 10 bits (large files)"),
+    ("FFV1", "FFV1 (lossless)", "FFV1 + FLAC in .mkv: lossless, the source's own chroma and bit depth; outside the "
+                                "mouth every pixel is the source's (very large files)"),
+)
 LICENCE_NOTE = "Wav2Lip weights: personal / research / non-commercial use only (see the licence)."
 
 
@@ -112,6 +121,12 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
                ("MPS", "MPS", "Apple GPU")],
         default="AUTO",
     )
+    result_encoding: EnumProperty(
+        name="Result encoding",
+        description="How Lip Sync writes its result files (same size and frame rate as the source)",
+        items=list(ENCODINGS),
+        default=ENCODINGS[0][0],
+    )
     weights_model: EnumProperty(
         name="Weights",
         description="Which Wav2Lip generator Download Weights fetches",
@@ -138,6 +153,7 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "checkpoint_path")
         _draw_weights(self, layout)
         layout.prop(self, "device")
+        layout.prop(self, "result_encoding")
 
 
 def _draw_setup(layout) -> None:

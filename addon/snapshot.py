@@ -179,4 +179,5 @@ def take(context, command: str) -> Snapshot:
         pads=tuple(int(v) for v in settings.pads), python=python, checkpoint=checkpoint,
         device=p.device.lower() if p is not None else "auto", out_dir=out_dir, relative_paths=relative,
         cache_dir=str(Path(prefs.user_dir()) / "cache"),
+        codec=p.result_encoding.lower() if p is not None else "h264",
     )

@@ -281,7 +281,10 @@ class RendererCache:
     @staticmethod
     def settings(opts) -> tuple:
         """What ClipRenderer() reads from the options (render() reads only the encoder's crf/preset from .opts)."""
-        return (opts.device, opts.blend, opts.batch_size or 0)
+        from .media.encoder import is_lossless
+
+        # a lossless result runs exact fp32, so it needs a renderer of its own
+        return (opts.device, opts.blend, opts.batch_size or 0, is_lossless(opts.codec, opts.crf))
 
     def get(self, checkpoint: str, opts, progress: Progress):
         from .sync import ClipRenderer

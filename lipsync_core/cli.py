@@ -46,7 +46,7 @@ def add_detection_options(sp, d) -> None:
 
 def add_sync_options(y, d) -> None:
     """The sync options (also the option names and checks of a batch's JOBS.json, see batch.py)."""
-    from .media import X264_PRESETS
+    from .media import CODECS, X264_PRESETS
 
     y.add_argument("--segments", default=d.segments,
                    help='auto (detect face/no-face parts), all (whole clip is a face part), or face ranges '
@@ -62,6 +62,9 @@ def add_sync_options(y, d) -> None:
                    help="frames per generator batch (default 32 on CPU, 128 on CUDA, 32 on MPS)")
     y.add_argument("--crf", type=_crf, default=d.crf, metavar="0-51",
                    help=f"H.264 quality of OUT: lower is better and bigger (default {d.crf})")
+    y.add_argument("--codec", choices=tuple(CODECS), default=d.codec,
+                   help="result encoding: h264 (default; --crf, --x264-preset), prores (ProRes 422 HQ, 10-bit, .mov) "
+                        "or ffv1 (lossless, the source's chroma and bit depth, .mkv)")
     y.add_argument("--x264-preset", choices=X264_PRESETS, default=d.preset, metavar="PRESET",
                    help=f"H.264 encoder speed: {', '.join(X264_PRESETS)} (default {d.preset}); slower presets "
                         "give smaller files at the same quality and take CPU from the generator")
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     y = sub.add_parser("sync", help="lip-sync VIDEO to AUDIO")
     y.add_argument("video", help="the footage (any format ffmpeg reads)")
     y.add_argument("audio", help="the new audio (wav, mp3, m4a, or a video's sound)")
-    y.add_argument("-o", "--output", required=True, help="output .mp4 (H.264 + AAC)")
+    y.add_argument("-o", "--output", required=True,
+                   help="output file: .mp4 for H.264 (also .mov, .mkv, .m4v), .mov for ProRes, .mkv for FFV1")
     y.add_argument("--checkpoint", required=True, help="wav2lip.pth or wav2lip_gan.pth")
     y.add_argument("--json-progress", action="store_true",
                    help="print progress as JSON lines (stage, done, total) instead of bars")
@@ -118,6 +122,7 @@ def options_from_args(args):
         o.match = args.match
         o.crf = args.crf
         o.preset = args.x264_preset
+        o.codec = args.codec
     return o
 
 

@@ -82,38 +82,57 @@ class Compositor:
         self._cache[key] = entry
         return entry
 
-    def paste(self, frame: np.ndarray, face96: np.ndarray, box) -> np.ndarray:
+    def paste(self, frame: np.ndarray, face96: np.ndarray, box, colour=None) -> np.ndarray:
         """Blend `face96` (the model's BGR uint8 output for crop `box` = (x1, y1, x2, y2)) into `frame`.
 
+        `frame`: (H, W, 3) uint8 BGR, or with `colour` (a colour.YuvColour) a (3, H, W) uint16 Y'CbCr frame
+        (the faithful path: the mouth is converted to the source's matrix and blended at 16 bits).
         Modifies and returns `frame`. A box reaching past the frame is clipped (the face is resized to the
         full box first, so the visible part lines up).
         """
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        bw, bh = x2 - x1, y2 - y1
-        if bw <= 0 or bh <= 0:
+        place = self.region(frame.shape[1:] if colour is not None else frame.shape[:2], box)
+        if place is None:
             return frame
+        (fy0, fy1, fx0, fx1), (by0, by1, bx0, bx1), (bw, bh) = place
         if face96.dtype != np.uint8:
             face96 = np.clip(face96, 0, 255).astype(np.uint8)
         face = cv2.resize(face96, (bw, bh), interpolation=self.interpolation)
-        fh, fw = frame.shape[:2]
-        # visible part of the box, in frame and in box coordinates
-        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, fw), min(y2, fh)
-        if cx1 >= cx2 or cy1 >= cy2:
-            return frame
+        src = np.ascontiguousarray(face[by0:by1, bx0:bx1])
         if self.mode == "box":
-            frame[cy1:cy2, cx1:cx2] = face[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+            wa = None
+        else:
+            _, a, inv, (my0, _, mx0, _) = self._weights(bw, bh)
+            wa = np.ascontiguousarray(a[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
+            wb = np.ascontiguousarray(inv[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
+        if colour is not None:
+            roi = frame[:, fy0:fy1, fx0:fx1]
+            new = colour.from_bgr(src)
+            if wa is not None:
+                new = new * wa + roi.astype(np.float32) * wb
+            roi[...] = np.clip(np.rint(new), 0, 65535).astype(np.uint16)
             return frame
-        _, a, inv, (my0, my1, mx0, mx1) = self._weights(bw, bh)
-        # mask support intersected with the visible part, in box coordinates
-        ry0, ry1 = max(my0, cy1 - y1), min(my1, cy2 - y1)
-        rx0, rx1 = max(mx0, cx1 - x1), min(mx1, cx2 - x1)
-        if ry0 >= ry1 or rx0 >= rx1:
-            return frame
-        roi = frame[y1 + ry0:y1 + ry1, x1 + rx0:x1 + rx1]
-        src = face[ry0:ry1, rx0:rx1]
-        # no copies unless the box was clipped
-        wa = np.ascontiguousarray(a[ry0 - my0:ry1 - my0, rx0 - mx0:rx1 - mx0])
-        wb = np.ascontiguousarray(inv[ry0 - my0:ry1 - my0, rx0 - mx0:rx1 - mx0])
-        # per-pixel (src*a + roi*(1-a)) in OpenCV's threaded C++ loop, ROI only, rounded to uint8
-        roi[...] = cv2.blendLinear(np.ascontiguousarray(src), np.ascontiguousarray(roi), wa, wb)
+        roi = frame[fy0:fy1, fx0:fx1]
+        if wa is None:
+            roi[...] = src
+        else:
+            # per-pixel (src*a + roi*(1-a)) in OpenCV's threaded C++ loop, ROI only, rounded to uint8
+            roi[...] = cv2.blendLinear(src, np.ascontiguousarray(roi), wa, wb)
         return frame
+
+    def region(self, frame_hw, box):
+        """Where `paste` writes for this box: ((y0, y1, x0, x1) in the frame, the same in box coordinates,
+        (box width, box height)), or None when nothing is written. The feather mode writes only where its
+        mask is above 0 (the mouth rows); both are clipped to the frame."""
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        bw, bh = x2 - x1, y2 - y1
+        if bw <= 0 or bh <= 0:
+            return None
+        fh, fw = int(frame_hw[0]), int(frame_hw[1])
+        # visible part of the box, in box coordinates
+        ry0, ry1, rx0, rx1 = max(0, -y1), min(bh, fh - y1), max(0, -x1), min(bw, fw - x1)
+        if self.mode == "feather":
+            _, _, _, (my0, my1, mx0, mx1) = self._weights(bw, bh)
+            ry0, ry1, rx0, rx1 = max(ry0, my0), min(ry1, my1), max(rx0, mx0), min(rx1, mx1)
+        if ry0 >= ry1 or rx0 >= rx1:
+            return None
+        return (y1 + ry0, y1 + ry1, x1 + rx0, x1 + rx1), (ry0, ry1, rx0, rx1), (bw, bh)

@@ -7,10 +7,11 @@ far slower CPU run would rather be told (and "auto" is one word away).
 Precision: fp16 on CUDA; fp32 on MPS (not measured: no Mac here); fp32 to start with on the CPU.
 CPU bf16 is faster where the CPU has native bf16 (AVX512-BF16 or AMX; figures in README and the bench), but it
 keeps 8 mantissa bits, and over 50 layers how far the output moves depends on the weights: under 1/255 on
-PyTorch's plain initialisation, up to 40/255 on the calibrated random checkpoint the tests use. So
-sync.ClipRenderer measures it: the first batch runs both ways and bf16 is kept only if no pixel moves by more
-than 1/255. Without native bf16 it is emulated, slower than fp32, never tried.
-LIPSYNC_PRECISION=fp32|bf16|fp16 overrides (and skips the check); a precision the device cannot do warns and
+PyTorch's plain initialisation, tens of levels on the calibrated random checkpoint the tests use. So
+sync.ClipRenderer judges the faster precision (CUDA fp16, CPU bf16) on the first batch against what the
+result's encoding does anyway (precision.py), and lossless results run fp32. Without native bf16 it is
+emulated, slower than fp32, never tried.
+LIPSYNC_PRECISION=fp32|bf16|fp16 overrides (and skips the rule); a precision the device cannot do warns and
 falls back.
 """
 

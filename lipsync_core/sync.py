@@ -47,6 +47,8 @@ class SyncOptions:
     # x264 speed/size trade: "superfast" leaves more CPU to the generator, which shares the cores with the
     # encoder, at the same quality for bigger files (figures: README, bench)
     preset: str = "superfast"
+    # the result's encoding (media.encoder.CODECS): "h264" (.mp4), "prores" (422 HQ, .mov), "ffv1" (lossless, .mkv)
+    codec: str = "h264"
 
 
 @dataclass
@@ -145,10 +147,12 @@ class ClipRenderer:
         from .composite import Compositor
         from .device import cpu_has_native_bf16, pick_device, pick_dtype
         from .inference import FaceGenerator, default_batch_size
+        from .media.encoder import codec_of, is_lossless
         from .model import load_model
 
         self.opts = opts
         self.progress = progress or Progress()
+        forced = bool(os.environ.get("LIPSYNC_PRECISION", "").strip())
         self.device = pick_device(opts.device)
         self.dtype = pick_dtype(self.device)
         model = load_model(checkpoint, device=self.device)
@@ -157,35 +161,55 @@ class ClipRenderer:
         self.generator = FaceGenerator(model, self.device, self.dtype, first_row=self.compositor.first_row_used())
         del model  # the generator holds a folded copy
         self.batch_size = opts.batch_size or default_batch_size(self.device)
-        # CPU precision is measured, not assumed: bf16 is faster where the CPU has native bf16, but
-        # whether it keeps every output pixel within 1/255 of fp32 depends on the weights. The first batch
-        # runs both ways and decides (LIPSYNC_PRECISION skips the check).
-        self._try_bf16 = (self.device.type == "cpu" and self.dtype == torch.float32
-                          and not os.environ.get("LIPSYNC_PRECISION") and cpu_has_native_bf16())
+        self.precision: dict = {"chosen_by": "LIPSYNC_PRECISION" if forced else "default"}
+        self._fast = None  # the faster precision still to be judged on the first batch (precision.py)
+        if not forced and is_lossless(opts.codec, opts.crf):
+            # nothing in a lossless result hides a difference: exact fp32
+            self.dtype = self.generator.dtype = torch.float32
+            self.precision = {"chosen_by": "lossless output"}
+            codec = codec_of(opts.codec)
+            self.progress.log(f"precision: fp32 ({codec.label}{' at crf 0' if codec.name == 'h264' else ''} "
+                              "is lossless)")
+        elif not forced:
+            # CUDA starts in fp16 and native-bf16 CPUs could run bf16: either is kept only if the first batch
+            # shows it below what the encoding does anyway; the batch itself runs in fp32
+            fast = self.dtype if self.dtype != torch.float32 else (
+                torch.bfloat16 if self.device.type == "cpu" and cpu_has_native_bf16() else None)
+            if fast is not None:
+                self._fast = fast
+                self.dtype = self.generator.dtype = torch.float32
         self.progress.log(f"generator on {self.device} ({str(self.dtype).replace('torch.', '')}), "
                           f"batch {self.batch_size}")
 
-    def _predict(self, mels, crops, clock):
+    def _predict(self, mels, crops, clock, judge_with=None):
         t0 = time.perf_counter()
         out = self.generator.predict(mels, crops)
-        if self._try_bf16:
-            self._try_bf16 = False
-            self._choose_bf16(mels, crops, out)
-        clock.add("generator", t0)
+        t0 = clock.add("generator", t0)
+        if self._fast is not None and judge_with is not None:
+            fast, self._fast = self._fast, None
+            self._choose_precision(fast, mels, crops, out, *judge_with)
+            clock.add("precision", t0)
         return out
 
-    def _choose_bf16(self, mels, crops, reference: np.ndarray) -> None:
+    def _choose_precision(self, fast, mels, crops, exact, items, encode, colour, encoding: str) -> None:
+        """Judge the faster precision on this batch (precision.judge) and keep it or fp32 for the rest."""
         import torch
 
-        self.generator.dtype = torch.bfloat16
-        fast = self.generator.predict(mels, crops)
-        worst = int(np.abs(fast.astype(np.int16) - reference).max())
-        if worst <= 1:
-            self.dtype = torch.bfloat16
-            self.progress.log(f"bf16 matches fp32 within {worst}/255 on these weights: using bf16")
-        else:
+        from .precision import judge
+
+        self.generator.dtype = fast
+        try:
+            fast_out = self.generator.predict(mels, crops)
+        finally:
             self.generator.dtype = torch.float32
-            self.progress.log(f"bf16 moved pixels by up to {worst}/255 on these weights: keeping fp32")
+        frames = [f for _, f, _ in items]
+        boxes = [b for _, _, b in items]
+        verdict = judge(frames, boxes, exact, fast_out, self.compositor, encode, colour)
+        name = str(fast).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
+        if verdict.keep_fast:
+            self.dtype = self.generator.dtype = fast
+        self.precision = {"chosen_by": "first batch", "tried": name, **verdict.as_dict()}
+        self.progress.log(verdict.describe(name, encoding))
 
     def render(self, video: str, info, frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray,
                audio_path: str, audio_start: float, output: str, cancel: CancelToken | None = None,
@@ -194,7 +218,24 @@ class ClipRenderer:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
+        from .colour import YuvColour
         from .media import VideoEncoder, encoded_size
+        from .media.encoder import codec_of, output_pix_fmt
+
+        codec = codec_of(self.opts.codec)
+        # ProRes / FFV1: frames cross as the source's own Y'CbCr at 16 bits, so the pixels outside the mouth keep
+        # their samples and bit depth; H.264 (8-bit 4:2:0) takes BGR as before
+        frame_format = "yuv444p16le" if codec.faithful else "bgr24"
+        colour = YuvColour(info.color_space, info.color_range) if codec.faithful else None
+        enc_opts = {"crf": self.opts.crf, "preset": self.opts.preset, "color_space": info.color_space,
+                    "codec": codec.name, "frame_format": frame_format, "source_pix_fmt": info.pix_fmt,
+                    "color_range": info.color_range}
+        encoding = codec.label + (f" crf {self.opts.crf}" if codec.name == "h264" else "")
+
+        def encode_roundtrip(frames_):
+            from .media import encode_roundtrip as roundtrip
+
+            return roundtrip(frames_, info.fps_rational, **enc_opts)
 
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
@@ -218,7 +259,7 @@ class ClipRenderer:
             fi = 0
             for _, frame, box in items:
                 if box is not None:
-                    self.compositor.paste(frame, faces[fi], box)
+                    self.compositor.paste(frame, faces[fi], box, colour)
                     fi += 1
             t0 = clock.add("blend", t0)
             for _, frame, _ in items:
@@ -236,10 +277,12 @@ class ClipRenderer:
             if face_items:
                 crops = np.empty((len(face_items), IMG, IMG, 3), np.uint8)
                 for i, (_, f, b) in enumerate(face_items):
-                    crops[i] = _crop96(f, b)
+                    crops[i] = _crop96(f, b, colour)
                 mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
                 clock.add("crop", t0)
-                fut = pool.submit(self._predict, mels, crops, clock)
+                judge_with = ((face_items, encode_roundtrip, colour, encoding)
+                              if self._fast is not None else None)
+                fut = pool.submit(self._predict, mels, crops, clock, judge_with)
             else:
                 fut = pool.submit(lambda: None)
             flush_pending(enc)  # finish the previous batch while this one runs
@@ -248,9 +291,8 @@ class ClipRenderer:
         try:
             contiguous = bool(n) and int(frames[-1]) - int(frames[0]) == n - 1
             with VideoEncoder(output, info.width, info.height, info.fps_rational, audio_path=audio_path,
-                              audio_start=audio_start, n_frames=n, crf=self.opts.crf,
-                              preset=self.opts.preset, color_space=info.color_space) as enc:
-                for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock)):
+                              audio_start=audio_start, n_frames=n, **enc_opts) as enc:
+                for k, frame in enumerate(_frames_in_order(video, info, frames, contiguous, clock, frame_format)):
                     cancel.check()
                     box = boxes[k]
                     has = box[0] >= 0
@@ -268,14 +310,15 @@ class ClipRenderer:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             progress.finish("sync")
-        # H.264 (yuv420p) holds only even sizes: an odd source gets one extra column / row at the right / bottom
-        # edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up with its source.
-        out_w, out_h = encoded_size(info.width, info.height)
+        # 4:2:0 holds only even sizes (4:2:2 even widths): an odd source gets one extra column / row at the right /
+        # bottom edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up.
+        out_w, out_h = encoded_size(info.width, info.height, output_pix_fmt(codec.name, info.pix_fmt))
         return {"output": output, "frames": n, "face_frames": int(n_face), "size": [info.width, info.height],
                 "pad": [out_w - info.width, out_h - info.height]}
 
 
-def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock):
+def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: StageClock,
+                     pix_fmt: str = "bgr24"):
     """Decode the requested source frames in order; a looped clip (--match audio) re-opens the stream."""
     from .media import FrameReader
 
@@ -285,7 +328,7 @@ def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: S
         breaks = np.nonzero(np.diff(frames) != 1)[0] + 1
         runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(frames, breaks)]
     for s, e in runs:
-        with FrameReader(video, start_frame=s, end_frame=e, info=info) as reader:
+        with FrameReader(video, start_frame=s, end_frame=e, info=info, pix_fmt=pix_fmt) as reader:
             t0 = time.perf_counter()
             for frame in reader:
                 t0 = clock.add("decode", t0)
@@ -293,10 +336,14 @@ def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: S
                 t0 = time.perf_counter()
 
 
-def _crop96(frame: np.ndarray, box) -> np.ndarray:
+def _crop96(frame: np.ndarray, box, colour=None) -> np.ndarray:
+    """The generator's 96x96 BGR uint8 input; a (3, H, W) Y'CbCr frame (with its colour.YuvColour) is
+    converted in the box only."""
     import cv2
 
     x1, y1, x2, y2 = box
+    if colour is not None:
+        return cv2.resize(colour.to_bgr8(frame[:, y1:y2, x1:x2]), (IMG, IMG))
     return cv2.resize(frame[y1:y2, x1:x2], (IMG, IMG))
 
 
@@ -348,7 +395,7 @@ def resolve_segments(video: str, info, opts: SyncOptions, progress: Progress, ca
 def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions | None = None,
          progress: Progress | None = None, cancel: CancelToken | None = None,
          renderer: ClipRenderer | None = None) -> dict:
-    """Lip-sync `video` to `audio` into `output` (H.264 + AAC). Returns a report (segments, timings...).
+    """Lip-sync `video` to `audio` into `output` (opts.codec: H.264, ProRes or FFV1). Returns a report.
 
     `renderer`: a ClipRenderer already loaded from `checkpoint` with these options (a batch reuses one)."""
     from .media import probe, probe_audio
@@ -358,8 +405,8 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     cancel = cancel or CancelToken()
     clock = StageClock()
     t_start = time.perf_counter()
-    _check_output(output, [video, audio, checkpoint])
     _check_encoding(opts)
+    _check_output(output, [video, audio, checkpoint], opts.codec)
     info = probe(video)
     if probe_audio(audio).duration < 0.05:
         raise LipsyncError(f"{audio} has no sound to sync to: give a file with speech in it")
@@ -392,6 +439,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     # "frames" stays the output's count (it differs from the source's with --match audio)
     result.update({"fps": seg["fps"], "segments": seg["segments"], "source_frames": info.frames})
     result.update({"device": str(renderer.device), "dtype": str(renderer.dtype).replace("torch.", ""),
+                   "precision": renderer.precision,
                    "seconds": total, "timings": dict(clock.seconds)})
     return result
 
@@ -417,7 +465,7 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     _check_checkpoint(checkpoint)
     for c in clips:
         _check_range(info, int(c["start_frame"]), int(c["end_frame"]))
-        _check_output(c["output"], [video, audio, checkpoint])
+        _check_output(c["output"], [video, audio, checkpoint], opts.codec)
     renderer = renderer or ClipRenderer(checkpoint, opts, progress)
     face_segs = [Segment(int(c["start_frame"]), int(c["end_frame"]), True) for c in clips if c.get("face", True)]
     boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
@@ -444,7 +492,10 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     return {"clips": results, "fps": info.fps, "timings": dict(clock.seconds)}
 
 
-def _check_output(output: str, inputs: list[str]) -> None:
+def _check_output(output: str, inputs: list[str], codec: str = "h264") -> None:
+    from .media.encoder import check_output_name
+
+    check_output_name(output, codec)
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise LipsyncError(f"the output folder {folder} does not exist: create it or choose another -o path")
@@ -455,7 +506,9 @@ def _check_output(output: str, inputs: list[str]) -> None:
 
 def _check_encoding(opts: SyncOptions) -> None:
     from .media import X264_PRESETS
+    from .media.encoder import codec_of
 
+    codec_of(opts.codec)
     if opts.preset not in X264_PRESETS:
         raise LipsyncError(f"unknown x264 preset {opts.preset!r}: use one of {', '.join(X264_PRESETS)}")
     if not (isinstance(opts.crf, int) and 0 <= opts.crf <= 51):

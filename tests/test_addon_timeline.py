@@ -101,6 +101,19 @@ def test_sync_clips_cut_to_audio_and_mapped(tmp_path):
     assert job["options"]["blend"] == "feather"
 
 
+@pytest.mark.parametrize("codec", ["h264", "prores", "ffv1"])
+def test_result_encoding_goes_to_the_job_and_names_the_files(tmp_path, codec):
+    from lipsync_core.media import CODECS
+
+    snap = _snap(tmp_path, codec=codec)
+    clips = plan.sync_clips(snap, plan.marker_segments(snap), tmp_path / "job")
+    job = plan.sync_job(snap, clips)
+    assert job["options"]["codec"] == codec
+    # the add-on's table (it cannot import the engine) names each file as the engine writes it
+    assert all(Path(c["output"]).suffix == CODECS[codec].extensions[0] for c in job["clips"])
+    assert set(plan.RESULT_EXTENSIONS) == set(CODECS)
+
+
 def test_segments_job_uses_visible_source_range(tmp_path):
     job = plan.segments_job(_snap(tmp_path))
     assert (job["start_frame"], job["end_frame"]) == (5, 110)

@@ -301,8 +301,8 @@ def main(argv=None) -> int:
     if args.batch:
         return bench_batch(args.seconds or (4.0 if args.quick else 10.0), args.device, args.json)
     # Two untrained checkpoints (no real weights can be had here): the calibrated one the tests use, on which
-    # bf16 moves pixels far past 1/255 (so the engine keeps fp32), and PyTorch's plain initialisation, on
-    # which bf16 stays within 1/255 (so the engine's first-batch check switches to bf16).
+    # bf16 moves mouth pixels past precision.MAX_DIFF (so the engine keeps fp32), and PyTorch's plain
+    # initialisation, on which bf16 stays within 1/255 (so the engine's first-batch rule switches to bf16).
     ckpt = OUT / "random_wav2lip.pth"
     if not ckpt.exists():
         write_random_checkpoint(ckpt)

@@ -18,8 +18,12 @@ import torch
 from lipsync_core.model import ConvUnit, Wav2Lip
 
 
-def random_model(seed: int = 0) -> Wav2Lip:
-    """A Wav2Lip with seeded random weights and non-trivial BN running stats, in eval mode."""
+def random_model(seed: int = 0, residual_gain: tuple[float, float] = (0.2, 0.4),
+                 calibration: tuple[torch.Tensor, torch.Tensor] | None = None) -> Wav2Lip:
+    """A Wav2Lip with seeded random weights and non-trivial BN running stats, in eval mode.
+
+    calibration: (mel (B, 1, 80, 16), faces (B, 6, 96, 96)) to set the BN statistics from (default: one random
+    batch)."""
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
         torch.manual_seed(seed)
         model = Wav2Lip().eval()
@@ -30,7 +34,7 @@ def random_model(seed: int = 0) -> Wav2Lip:
                     # Small residual-branch gains, as trained residual nets have: with gain 1 an untrained
                     # 50-layer net is chaotic (bf16 autocast moves its outputs by up to 41/255, 12/255 here),
                     # which would measure the random net, not the precision or the code.
-                    bn.weight.uniform_(0.2, 0.4) if unit.residual else bn.weight.uniform_(0.8, 1.2)
+                    bn.weight.uniform_(*residual_gain) if unit.residual else bn.weight.uniform_(0.8, 1.2)
                     bn.bias.normal_(0.0, 0.05)
         # Calibrate every BN on one random batch in a single eval pass (cheaper than a train-mode pass):
         # a pre-hook sets each layer's running stats from its actual input just before it normalises it.
@@ -42,7 +46,7 @@ def random_model(seed: int = 0) -> Wav2Lip:
         hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
                  if isinstance(m, torch.nn.BatchNorm2d)]
         with torch.no_grad():
-            model(torch.randn(4, 1, 80, 16), torch.rand(4, 6, 96, 96))
+            model(*(calibration or (torch.randn(4, 1, 80, 16), torch.rand(4, 6, 96, 96))))
             for h in hooks:
                 h.remove()
             for m in model.modules():
@@ -50,6 +54,49 @@ def random_model(seed: int = 0) -> Wav2Lip:
                     m.running_mean.add_(torch.randn_like(m.running_mean) * 0.02)
                     m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
                     m.num_batches_tracked.fill_(int(torch.randint(1000, 100000, ()).item()))
+    return model.eval()
+
+
+def face_and_speech_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mel, faces) as the engine feeds the generator, from made media: astronaut face crops and spoken words
+    (espeak-ng; a tone without it)."""
+    import tempfile
+
+    import cv2
+
+    from lipsync_core import audio as A
+    from tools import sample_media
+
+    frames = sample_media.astronaut_frames(n)
+    faces = np.stack([cv2.resize(f[60:200, 100:220], (96, 96)) for f in frames])
+    with tempfile.TemporaryDirectory() as d:
+        wav = sample_media.speech_wav(Path(d) / "s.wav", seconds=max(1.0, n / 25 + 0.5))
+        mel = A.melspectrogram(A.load_audio(str(wav)))
+    mels = A.mel_chunk_at(mel, np.arange(n), 25.0)
+    masked = faces.copy()
+    masked[:, 48:] = 0
+    x = torch.from_numpy(np.concatenate((masked, faces), axis=3)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(mels).float().unsqueeze(1), x
+
+
+def trained_like_model(seed: int = 0, spread: float = 0.1, residual_gain: tuple[float, float] = (0.2, 0.4)) -> Wav2Lip:
+    """random_model with BN statistics set from real face crops and speech, and the last layer scaled so the
+    mouth it draws spreads like a trained generator's (output standard deviation `spread` around 0.5, not the
+    random net's 0.33 over 0..1). Larger residual gains make the net more chaotic, so lower precisions move its
+    output further: the precision tests use one of each."""
+    calibration = face_and_speech_batch()
+    model = random_model(seed, residual_gain, calibration)
+    conv = model.output_block[-2]  # the 1x1 convolution before the sigmoid
+    logits = []
+    hook = conv.register_forward_hook(lambda m, a, out: logits.append(out))
+    with torch.no_grad():
+        model(*calibration)
+        hook.remove()
+        z = logits[0][:, :, 48:]  # the rows the feather blend uses
+        # sigmoid'(0) = 1/4: a logit spread of 4 * spread gives about that spread around 0.5
+        k = 4.0 * spread / float(z.std())
+        conv.weight.mul_(k)
+        conv.bias.mul_(k).sub_(k * z.mean((0, 2, 3)))
     return model.eval()
 
 
@@ -90,6 +137,7 @@ def write_random_checkpoint(
     full_optimizer: bool = False,
     legacy_format: bool = False,
     plain_init: bool = False,
+    model: Wav2Lip | None = None,
 ) -> Path:
     """Save a random-weight Wav2Lip to `path`.
 
@@ -97,12 +145,14 @@ def write_random_checkpoint(
     full_optimizer: include Adam moments like a real training checkpoint (~435 MB instead of ~145 MB).
     legacy_format: the pre-1.6 (non-zip) torch.save format that old checkpoints use.
     plain_init: PyTorch's own initialisation (plain_init_model) instead of the calibrated random_model.
+    model: save this model instead (e.g. trained_like_model(...)).
     """
     if fmt not in ("official", "bare"):
         raise ValueError(f"fmt must be 'official' or 'bare', not {fmt!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = plain_init_model(seed) if plain_init else cached_random_model(seed)
+    if model is None:
+        model = plain_init_model(seed) if plain_init else cached_random_model(seed)
     if fmt == "bare":
         payload = model.state_dict()
     else:

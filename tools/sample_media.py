@@ -138,3 +138,22 @@ def face_noface_face_clip(path: Path, n_face1: int = 40, n_noface: int = 30, n_f
     frames = np.concatenate([astronaut_frames(n_face1), noface_frames(n_noface),
                              astronaut_frames(n_face2)[::-1]])
     return write_video(path, frames, fps=fps, audio=audio)
+
+
+def deep_frames(n: int, w: int = W, h: int = H) -> np.ndarray:
+    """astronaut_frames as 16-bit BGR (n, h, w, 3) uint16 with detail below 8 bits (a fine ramp), so a file made
+    from them uses its 10 bits and an 8-bit detour shows."""
+    frames = astronaut_frames(n, w, h).astype(np.int32) * 257
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramp = ((xx * 7 + yy * 3) % 256 - 128)[None, :, :, None]
+    return np.clip(frames + ramp, 0, 65535).astype(np.uint16)
+
+
+def write_deep_video(path: Path, frames: np.ndarray, pix_fmt: str = "yuv422p10le", vcodec: str = "prores_ks",
+                     fps: str = "25") -> Path:
+    """Encode 16-bit BGR frames (deep_frames) as `vcodec` in `pix_fmt` (e.g. a 10-bit ProRes or FFV1 source)."""
+    n, h, w, _ = frames.shape
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr48le",
+           "-s", f"{w}x{h}", "-r", fps, "-i", "-", "-pix_fmt", pix_fmt, "-c:v", vcodec, str(path)]
+    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
+    return path

@@ -1,43 +1,129 @@
-"""`VideoEncoder`: BGR uint8 frames streamed into an H.264 (yuv420p) + AAC file, written atomically."""
+"""`VideoEncoder`: frames streamed into a result file, written atomically: H.264 (yuv420p) + AAC in .mp4 (default),
+ProRes 422 HQ (10-bit 4:2:2) + PCM in .mov, or FFV1 (lossless, the source's chroma and bit depth) + FLAC in .mkv.
+`CODECS` is the one table of what each codec writes."""
 
 from __future__ import annotations
 
 import os
 import queue
+import re
 import subprocess
+import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LipsyncError
 from . import ffmpeg as ff
-from .ffmpeg import SWS_FLAGS, SWS_MATRIX, tail
-from .probe import fraction, probe_audio
+from .ffmpeg import SWS_FLAGS, SWS_MATRIX, YUV_SWS_FLAGS, tail
+from .probe import fraction, pix_fmt_depth, probe_audio
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _AUDIO_RATE = 48000  # every output's audio rate: the editing standard, and any input rate resamples to it
 
 
-def encoded_size(width: int, height: int) -> tuple[int, int]:
-    """The size a VideoEncoder file has for frames of this size: yuv420p holds only even sizes, so an odd one
-    gets one more column / row, at the right / bottom edge."""
-    return width + width % 2, height + height % 2
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # the --codec / job option value
+    label: str  # for people
+    extensions: tuple[str, ...]  # containers it is written in; the first is the default
+    video_args: tuple[str, ...]  # after -c:v (H.264's preset and crf are added from the options)
+    audio_args: tuple[str, ...]
+    # frames cross the pipe as the source's own Y'CbCr at 16 bits (reader.FrameReader pix_fmt), not as BGR,
+    # so that the pixels outside the mouth keep their samples (and a 10-bit source its 10 bits)
+    faithful: bool
+    lossless: bool
+
+
+# Containers: H.264 in .mp4 as before (also .m4v / .mov / .mkv); ProRes in QuickTime .mov, its home, with PCM as
+# ProRes masters carry; FFV1 in Matroska .mkv, where it is standard (the archive profile: level 3, intra-only,
+# slice CRCs), with FLAC, so a lossless picture gets lossless sound. Blender 4.2-5.0 reads all three.
+CODECS = {
+    "h264": Codec("h264", "H.264", (".mp4", ".m4v", ".mov", ".mkv"), ("libx264",), ("aac",), False, False),
+    "prores": Codec("prores", "ProRes 422 HQ", (".mov",), ("prores_ks", "-profile:v", "3", "-vendor", "apl0"),
+                    ("pcm_s16le",), True, False),
+    "ffv1": Codec("ffv1", "FFV1 (lossless)", (".mkv",),
+                  ("ffv1", "-level", "3", "-g", "1", "-slices", "4", "-slicecrc", "1"), ("flac",), True, True),
+}
+FRAME_FORMATS = ("bgr24", "yuv444p16le")  # what write() takes: BGR uint8 (H, W, 3) or planes (3, H, W) uint16
+
+
+def codec_of(name: str) -> Codec:
+    codec = CODECS.get(str(name).strip().lower())
+    if codec is None:
+        raise LipsyncError(f"unknown codec {name!r}: use {', '.join(CODECS)}")
+    return codec
+
+
+def check_output_name(path, codec: str) -> None:
+    """A result's name must end in a container its codec is written in (no silent renaming of the user's path)."""
+    c = codec_of(codec)
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in c.extensions:
+        raise LipsyncError(f"{c.label} is written as {' or '.join(c.extensions)}, but the output is {path}: "
+                           f"name it {Path(path).stem}{c.extensions[0]}, or choose another --codec.")
+
+
+def is_lossless(codec: str, crf: int) -> bool:
+    """Whether the result keeps the frames it is given exactly (FFV1), or as closely as H.264 can (crf 0)."""
+    c = codec_of(codec)
+    return c.lossless or (c.name == "h264" and crf == 0)
+
+
+def output_pix_fmt(codec: str, source_pix_fmt: str | None = None) -> str:
+    """H.264: yuv420p (what every player reads). ProRes 422 HQ: yuv422p10le. FFV1: the source's chroma layout
+    (4:2:0, 4:2:2, 4:4:4) and bit depth (8, 10, 12, 16), so nothing is lost."""
+    name = codec_of(codec).name
+    if name == "h264":
+        return "yuv420p"
+    if name == "prores":
+        return "yuv422p10le"
+    src = (source_pix_fmt or "yuv420p").lower()
+    if re.search(r"420|nv12|nv21|p010|p016|^gray", src):
+        chroma = "420"
+    elif re.search(r"422|yuyv|uyvy|y210|p210|p216", src):
+        chroma = "422"
+    else:  # 4:4:4, RGB and the rare layouts (4:1:1, 4:4:0): full chroma keeps them all
+        chroma = "444"
+    depth = pix_fmt_depth(src)
+    bits = "" if depth <= 8 else "10le" if depth <= 10 else "12le" if depth <= 12 else "16le"
+    return f"yuv{chroma}p{bits}"
+
+
+def encoded_size(width: int, height: int, pix_fmt: str = "yuv420p") -> tuple[int, int]:
+    """The size a VideoEncoder file has for frames of this size: 4:2:0 holds only even sizes, 4:2:2 even widths,
+    so an odd one gets one more column / row, at the right / bottom edge."""
+    if "420" in pix_fmt:
+        return width + width % 2, height + height % 2
+    if "422" in pix_fmt:
+        return width + width % 2, height
+    return width, height
+
+
 _MUXERS = {".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
 
 
 class VideoEncoder:
-    """Stream BGR uint8 frames into an H.264 (yuv420p, +faststart) + AAC file.
+    """Stream frames into a `codec` file (CODECS; H.264 yuv420p +faststart + AAC by default).
 
     The output holds exactly the frames written, at `fps_rational`, and always an audio track: `audio_path`
     from `audio_start` seconds (negative: leading silence; past its end: silence), cut or padded with silence
     to exactly frames/fps seconds; without `audio_path` a silent track, so every clip has the same streams
-    and editors treat them alike. Audio is 48 kHz AAC, mono or stereo like the source.
+    and editors treat them alike. Audio is 48 kHz, mono or stereo like the source, in the codec's audio format.
+
+    `frame_format`: "bgr24" (write() takes (H, W, 3) uint8 BGR) or "yuv444p16le" ((3, H, W) uint16 planes of
+    the source's Y'CbCr, as FrameReader(pix_fmt="yuv444p16le") gives them; the faithful codecs). The file's
+    pixel format is output_pix_fmt(codec, source_pix_fmt); `color_range` tags it ("tv"/"pc", the source's).
 
     ffmpeg writes to a hidden `.NAME.partial.EXT` beside `out_path`, renamed on a successful close();
     abort() or an exception inside `with` removes it and leaves `out_path` untouched. Odd sizes (which
     yuv420p cannot hold) get one edge-replicated column / row at the right / bottom edge only, so the file's
     pixel (0, 0) is the source's: see `out_width`/`out_height` (sync reports the difference as `pad`).
+    H.264 ignores `crf`/`preset` for the other codecs (ProRes has a fixed quality, FFV1 is lossless).
 
     `color_space`: the source's `VideoInfo.color_space`, so the YUV matrix round-trips (None: BT.601,
     untagged, which matches how untagged sources decode).
@@ -49,8 +135,16 @@ class VideoEncoder:
 
     def __init__(self, out_path, width: int, height: int, fps_rational: str, audio_path=None,
                  audio_start: float = 0.0, n_frames: int | None = None, crf: int = 18,
-                 preset: str = "superfast", color_space: str | None = None, queue_frames: int = 8):
+                 preset: str = "superfast", color_space: str | None = None, queue_frames: int = 8,
+                 codec: str = "h264", frame_format: str = "bgr24", source_pix_fmt: str | None = None,
+                 color_range: str | None = None):
         self.out_path = Path(out_path)
+        self.codec = codec_of(codec)
+        check_output_name(self.out_path, self.codec.name)
+        if frame_format not in FRAME_FORMATS:
+            raise ValueError(f"frame_format must be one of {FRAME_FORMATS}, not {frame_format!r}")
+        self.frame_format = frame_format
+        self.pix_fmt = output_pix_fmt(self.codec.name, source_pix_fmt)
         folder = self.out_path.parent
         if not folder.is_dir():
             raise LipsyncError(f"output folder {folder} does not exist: create it or choose another -o path.")
@@ -62,14 +156,18 @@ class VideoEncoder:
         if self.fps is None:
             raise ValueError(f"bad frame rate {fps_rational!r}")
         self.width, self.height = int(width), int(height)
-        self.out_width, self.out_height = encoded_size(self.width, self.height)
+        self.out_width, self.out_height = encoded_size(self.width, self.height, self.pix_fmt)
+        if frame_format == "bgr24":
+            self._frame_shape, self._frame_dtype = (self.height, self.width, 3), np.dtype(np.uint8)
+        else:
+            self._frame_shape, self._frame_dtype = (3, self.height, self.width), np.dtype("<u2")
         self.audio_path = str(audio_path) if audio_path is not None else None
         self.audio_start = float(audio_start)
         self._audio_info = probe_audio(self.audio_path) if self.audio_path else None
         self.n_frames = n_frames
         self.crf, self.preset = crf, preset
         self.frames_written = 0
-        suffix = self.out_path.suffix or ".mp4"
+        suffix = self.out_path.suffix or self.codec.extensions[0]
         self._muxer = _MUXERS.get(suffix.lower(), "mp4")
         self._tmp = folder / f".{self.out_path.stem}.partial{suffix}"
         self._tmp_video = folder / f".{self.out_path.stem}.partial-video{suffix}"
@@ -77,7 +175,7 @@ class VideoEncoder:
         # one pass with audio when the length is known; otherwise video first, audio muxed at close()
         self._one_pass = n_frames is not None and n_frames > 0
         target = self._tmp if self._one_pass else self._tmp_video
-        cmd = [*ff.base_command(), "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+        cmd = [*ff.base_command(), "-y", "-f", "rawvideo", "-pix_fmt", frame_format,
                "-video_size", f"{self.width}x{self.height}",
                "-framerate", f"{self.fps.numerator}/{self.fps.denominator}", "-i", "pipe:0"]
         if self._one_pass:
@@ -85,8 +183,11 @@ class VideoEncoder:
             cmd += [*a_in, "-map", "0:v:0", "-map", "1:a:0", "-af", a_filter, *a_out]
         else:
             cmd += ["-map", "0:v:0", "-an"]
-        cmd += ["-vf", ",".join(self._video_filters(color_space)), *self._color_tags(color_space),
-                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+        c_args = list(self.codec.video_args)
+        if self.codec.name == "h264":
+            c_args += ["-preset", preset, "-crf", str(crf)]
+        cmd += ["-vf", ",".join(self._video_filters(color_space)), *self._color_tags(color_space, color_range),
+                "-c:v", *c_args, "-pix_fmt", self.pix_fmt,
                 *ff.passthrough_args(cmd[0]), *self._mux_args(final=self._one_pass), str(target)]
         self._proc, self._stderr = ff.start_streaming(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         ff.grow_pipe(self._proc.stdin.fileno(), 1 << 20)
@@ -103,17 +204,21 @@ class VideoEncoder:
             dw, dh = self.out_width - self.width, self.out_height - self.height
             chain += [f"pad={self.out_width}:{self.out_height}:0:0",
                       f"fillborders=right={dw}:bottom={dh}:mode=smear"]
-        matrix = SWS_MATRIX.get(color_space or "")
-        chain.append(f"scale=flags={SWS_FLAGS}" + (f":out_color_matrix={matrix}" if matrix else ""))
-        chain.append("format=yuv420p")
+        if self.frame_format == "bgr24":
+            matrix = SWS_MATRIX.get(color_space or "")
+            chain.append(f"scale=flags={SWS_FLAGS}" + (f":out_color_matrix={matrix}" if matrix else ""))
+        else:  # already the source's Y'CbCr: only subsample chroma back and narrow the samples (exact)
+            chain.append(f"scale=flags={YUV_SWS_FLAGS}")
+        chain.append(f"format={self.pix_fmt}")
         return chain
 
     @staticmethod
-    def _color_tags(color_space: str | None) -> list[str]:
+    def _color_tags(color_space: str | None, color_range: str | None = None) -> list[str]:
         """Tag the matrix we converted with (untagged sources stay untagged: both ways used BT.601)."""
+        tags = ["-color_range", color_range] if color_range in ("tv", "pc") else []
         if color_space not in SWS_MATRIX:
-            return []
-        tags = ["-colorspace", color_space]
+            return tags
+        tags += ["-colorspace", color_space]
         if color_space == "bt709":
             tags += ["-color_primaries", "bt709", "-color_trc", "bt709"]
         return tags
@@ -137,8 +242,9 @@ class VideoEncoder:
             if start < 0:
                 chain.append(f"adelay=delays={round(-start * _AUDIO_RATE)}S:all=1")
         chain += [f"apad=whole_len={n_samples}", f"atrim=end_sample={n_samples}"]
-        a_out = ["-c:a", "aac", "-b:a", "192k" if channels == 2 else "128k", "-ac", str(channels),
-                 "-ar", str(_AUDIO_RATE)]
+        a_out = ["-c:a", *self.codec.audio_args, "-ac", str(channels), "-ar", str(_AUDIO_RATE)]
+        if self.codec.audio_args[0] == "aac":
+            a_out += ["-b:a", "192k" if channels == 2 else "128k"]
         return a_in, ",".join(chain), a_out
 
     def _mux_args(self, final: bool) -> list[str]:
@@ -171,22 +277,22 @@ class VideoEncoder:
             pass
 
     def write(self, frame: np.ndarray) -> None:
-        """Queue one (height, width, 3) uint8 BGR frame."""
+        """Queue one frame: (height, width, 3) uint8 BGR, or (3, height, width) uint16 (frame_format)."""
         if self._done:
             raise RuntimeError("encoder is closed")
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, "
+        if frame.shape != self._frame_shape or frame.dtype != self._frame_dtype:
+            raise ValueError(f"frame must be {self._frame_shape} {self._frame_dtype}, "
                              f"got {frame.shape} {frame.dtype}")
         self._check_alive()
         self._queue.put(np.ascontiguousarray(frame))
         self.frames_written += 1
 
     def write_many(self, frames: np.ndarray) -> None:
-        """Queue an (n, height, width, 3) uint8 array (one pipe write)."""
+        """Queue an (n, *frame shape) array of frames (one pipe write)."""
         if self._done:
             raise RuntimeError("encoder is closed")
-        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be (n, {self.height}, {self.width}, 3) uint8, "
+        if frames.ndim != 4 or frames.shape[1:] != self._frame_shape or frames.dtype != self._frame_dtype:
+            raise ValueError(f"frames must be (n, {self._frame_shape}) {self._frame_dtype}, "
                              f"got {frames.shape} {frames.dtype}")
         if len(frames) == 0:
             return
@@ -287,3 +393,26 @@ class VideoEncoder:
                 self.abort()
         except Exception:
             pass
+
+
+def encode_roundtrip(frames: list[np.ndarray], fps_rational: str, **encoder_options) -> list[np.ndarray]:
+    """`frames` as a result file with these VideoEncoder options delivers them: encoded into a temporary file
+    (the same codec and settings), decoded back in the same frame format and cropped to the frames' size."""
+    from .reader import FrameReader
+
+    frame_format = encoder_options.get("frame_format", "bgr24")
+    if frame_format == "bgr24":
+        h, w = frames[0].shape[:2]
+    else:
+        h, w = frames[0].shape[1:]
+    codec = codec_of(encoder_options.get("codec", "h264"))
+    with tempfile.TemporaryDirectory(prefix="lipsync-roundtrip-") as folder:
+        path = Path(folder) / f"roundtrip{codec.extensions[0]}"
+        with VideoEncoder(path, w, h, fps_rational, n_frames=len(frames), **encoder_options) as enc:
+            for f in frames:
+                enc.write(f)
+        with FrameReader(path, pix_fmt=frame_format, prefetch=0) as reader:
+            out = list(reader)
+    if frame_format == "bgr24":
+        return [f[:h, :w] for f in out]
+    return [f[:, :h, :w] for f in out]

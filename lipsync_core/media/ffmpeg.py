@@ -18,6 +18,9 @@ from ..errors import LipsyncError
 # yuv <-> bgr24 with these flags round-trips losslessly in luma (swscale's default drifts ~1.7 levels darker
 # per generation, visible where the unchanged frame meets the pasted mouth) and costs no more.
 SWS_FLAGS = "bilinear+accurate_rnd+full_chroma_int"
+# The faithful path's Y'CbCr <-> yuv444p16le: chroma repeated up and picked back down (nearest neighbour) is an
+# exact round trip, which no interpolating filter is (colour.py).
+YUV_SWS_FLAGS = "neighbor+accurate_rnd"
 # ffprobe colour matrix names -> swscale's, so an encode converts with the matrix its source decoded with
 SWS_MATRIX = {"bt709": "bt709", "smpte170m": "smpte170m", "bt470bg": "bt470", "bt2020nc": "bt2020",
               "bt2020c": "bt2020", "smpte240m": "smpte240m", "fcc": "fcc"}

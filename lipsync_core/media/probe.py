@@ -49,6 +49,8 @@ class VideoInfo:
     rotation: int = 0
     color_space: str | None = None  # the source's YUV matrix tag ("bt709", ...); pass it to VideoEncoder
     codec: str | None = None  # the video stream's codec as ffmpeg names it ("h264", ...)
+    pix_fmt: str | None = None  # as decoded ("yuv420p", "yuv422p10le", ...)
+    color_range: str | None = None  # "tv" (limited) or "pc" (full); None: untagged, read as limited
     decoded_frames: int = 0  # frames the stream decodes to (0: same as frames)
     # frame_map[n]: the decoded frame (in presentation order) grid slot n shows; None: slot n shows frame n
     frame_map: tuple[int, ...] | None = field(default=None, repr=False)
@@ -61,6 +63,21 @@ class VideoInfo:
         if self.frame_map is not None:
             return self.frame_map[slot]
         return min(slot, (self.decoded_frames or self.frames) - 1)
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per sample of the decoded picture (8 when unknown)."""
+        return pix_fmt_depth(self.pix_fmt)
+
+
+def pix_fmt_depth(pix_fmt: str | None) -> int:
+    """Bits per sample of an ffmpeg pixel format name: yuv422p10le -> 10, p010le -> 10, rgb48le -> 16, else 8."""
+    name = (pix_fmt or "").lower()
+    m = re.search(r"p(\d{1,2})(le|be)$", name) or re.match(r"(?:p0|p2|p4|y2|gray|xv|y)(\d{2})(le|be)?$", name)
+    if m:
+        return int(m.group(1))
+    m = re.match(r"(?:rgb|bgr)(48|64)|(?:rgba|bgra)64", name)
+    return 16 if m else 8
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ def _meta_ffprobe(path: str, ffprobe: str) -> _Meta:
                 "width": int(s.get("width") or 0), "height": int(s.get("height") or 0),
                 "rotation": _rotation_of(rot),
                 "color_space": s.get("color_space"),
+                "pix_fmt": s.get("pix_fmt"), "color_range": s.get("color_range"),
                 "rate": fraction(s.get("r_frame_rate")), "avg_rate": fraction(s.get("avg_frame_rate")),
                 "nb_frames": int(nb) if str(nb).isdigit() else None,
                 "duration": _float(s.get("duration")),
@@ -221,18 +239,22 @@ def _meta_ffmpeg(path: str) -> _Meta:
             tbn = re.search(r"([\d.]+)(k?) tbn", desc)
             rot = re.search(r"rotation of (-?[\d.]+) degrees", block)
             # "yuv420p(tv, bt709, progressive)"; "bt709/bt709/bt709" when primaries/transfer are printed too
-            color = None
+            color = color_range = None
+            pix_fmt = re.match(r"\s*(\w+)", desc.split(",", 1)[1]) if "," in desc else None
             pix = re.search(r"\w+\(([^)]*)\)", desc.split(",", 1)[1] if "," in desc else "")
             for token in (pix.group(1).split(",") if pix else []):
                 token = token.strip().split("/")[0]
                 if token in SWS_MATRIX:
                     color = token
+                if token in ("tv", "pc"):
+                    color_range = token
             rate = _snap_fps(float(fps.group(1)) * (1000 if fps.group(2) else 1)) if fps else None
             r_rate = _snap_fps(float(tbr.group(1)) * (1000 if tbr.group(2) else 1)) if tbr else rate
             meta.video = {
                 "codec": _codec_of(desc),
                 "width": int(size.group(1)) if size else 0, "height": int(size.group(2)) if size else 0,
                 "rotation": _rotation_of(rot.group(1)) if rot else 0, "color_space": color,
+                "pix_fmt": pix_fmt.group(1) if pix_fmt else None, "color_range": color_range,
                 "rate": r_rate, "avg_rate": rate, "nb_frames": None, "duration": None, "start": None,
                 "time_base": (Fraction(1, int(float(tbn.group(1)) * (1000 if tbn.group(2) else 1)))
                               if tbn and float(tbn.group(1)) >= 1 else None),
@@ -387,7 +409,8 @@ def probe(path) -> VideoInfo:
                      seekable=seekable, rotation=v["rotation"],
                      color_space=v["color_space"] if v["color_space"] in SWS_MATRIX else None,
                      codec=v["codec"], decoded_frames=int(decoded), frame_map=frame_map,
-                     frame_times=frame_times, variable_rate=variable)
+                     frame_times=frame_times, variable_rate=variable, pix_fmt=v.get("pix_fmt"),
+                     color_range=v.get("color_range") if v.get("color_range") in ("tv", "pc") else None)
 
 
 def probe_audio(path) -> AudioInfo:

@@ -1,4 +1,5 @@
-"""`FrameReader`: BGR uint8 frames streamed out of an ffmpeg process, on the probe's frame grid.
+"""`FrameReader`: BGR uint8 frames (or the source's own Y'CbCr at 16 bits) streamed out of an ffmpeg process,
+on the probe's frame grid.
 
 Frame-exact start (seek or trim), optional downscale in the decoder, a prefetch thread; nothing holds the
 whole video in memory. A variable-rate file is decoded frame by frame (`-fps_mode passthrough`) and put on
@@ -17,13 +18,17 @@ import numpy as np
 
 from ..errors import LipsyncError
 from . import ffmpeg as ff
-from .ffmpeg import SWS_FLAGS, tail
+from .ffmpeg import SWS_FLAGS, YUV_SWS_FLAGS, tail
 from .probe import VideoInfo, probe
 
+# what a frame is, per pixel format asked of ffmpeg: shape from (height, width), dtype
+FRAME_FORMATS = {"bgr24": (lambda h, w: (h, w, 3), np.uint8),
+                 "yuv444p16le": (lambda h, w: (3, h, w), np.dtype("<u2"))}
 
-def _read_exact(stdout, shape: tuple[int, int, int]) -> np.ndarray | None:
+
+def _read_exact(stdout, shape: tuple[int, int, int], dtype=np.uint8) -> np.ndarray | None:
     """One frame from a raw pipe into a fresh array; None at the end of the stream."""
-    buf = np.empty(shape, np.uint8)
+    buf = np.empty(shape, dtype)
     view = memoryview(buf).cast("B")
     got, n = 0, view.nbytes
     while got < n:
@@ -39,9 +44,9 @@ class _Decoder:
     dropped without close() is still collected and its ffmpeg killed."""
 
     def __init__(self, cmd: list[str], shape: tuple[int, int, int], n: int, path: str, prefetch: int,
-                 repeats: np.ndarray | None = None):
+                 repeats: np.ndarray | None = None, dtype=np.uint8):
         # n decoded frames; repeats[i]: how many grid slots decoded frame i fills (None: one each)
-        self.shape, self.n, self.path, self.repeats = shape, n, path, repeats
+        self.shape, self.n, self.path, self.repeats, self.dtype = shape, n, path, repeats, dtype
         self.slots = self._slots()
         self.proc, self.stderr = ff.start_streaming(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         ff.grow_pipe(self.proc.stdout.fileno(), 1 << 20)
@@ -62,7 +67,7 @@ class _Decoder:
         return item
 
     def _read(self) -> np.ndarray | None:
-        frame = _read_exact(self.proc.stdout, self.shape)
+        frame = _read_exact(self.proc.stdout, self.shape, self.dtype)
         if frame is None:
             # ffmpeg ended early: an error, or the file held fewer frames than probed (then just stop)
             rc = self.proc.wait()
@@ -119,13 +124,16 @@ class FrameReader:
     is grid frame start_frame + k (end_frame exclusive, clamped to the video); on a constant-rate file that is
     frame start_frame + k of a full decode. `size=(w, h)` scales in ffmpeg (cheap small frames for face
     detection). A prefetch thread keeps `prefetch` frames decoded ahead of the consumer (0: read inline).
-    Every frame is a fresh array the caller may keep or modify. Use as a context manager (or call close())
-    to stop ffmpeg when leaving early.
+    Every frame is a fresh array the caller may keep or modify. `pix_fmt="yuv444p16le"`: (3, H, W) uint16
+    planes of the source's own Y'CbCr instead (chroma repeated to full size, samples shifted to 16 bits: an
+    encoder that subsamples them back to the source's format gets the source's samples exactly). Use as a
+    context manager (or call close()) to stop ffmpeg when leaving early.
     If the file ends before end_frame (a damaged tail), iteration just stops: check `frames_read`.
     """
 
     def __init__(self, path, start_frame: int = 0, end_frame: int | None = None,
-                 size: tuple[int, int] | None = None, info: VideoInfo | None = None, prefetch: int = 4):
+                 size: tuple[int, int] | None = None, info: VideoInfo | None = None, prefetch: int = 4,
+                 pix_fmt: str = "bgr24"):
         self.info = info or probe(path)
         self.path = str(path)
         total = self.info.frames
@@ -139,6 +147,9 @@ class FrameReader:
         self.width, self.height = int(w), int(h)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"bad frame size {size}")
+        if pix_fmt not in FRAME_FORMATS:
+            raise ValueError(f"pix_fmt must be one of {sorted(FRAME_FORMATS)}, not {pix_fmt!r}")
+        self.pix_fmt = pix_fmt
         self.frames_read = 0
         # the decoded frames [first, last] these slots show, and how many slots each one fills
         self._first = self.info.source_frame(start) if len(self) else 0
@@ -151,14 +162,14 @@ class FrameReader:
         self._dec: _Decoder | None = None
         if len(self) > 0:
             self._dec = _Decoder(self._command(n_decoded), self.shape, n_decoded, self.path, prefetch,
-                                 self._repeats)
+                                 self._repeats, FRAME_FORMATS[self.pix_fmt][1])
 
     def __len__(self) -> int:
         return self.end_frame - self.start_frame
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
+        return FRAME_FORMATS[self.pix_fmt][0](self.height, self.width)
 
     def _command(self, n_decoded: int) -> list[str]:
         cmd = ff.base_command()
@@ -177,11 +188,12 @@ class FrameReader:
         cmd += ["-i", self.path, "-map", "0:V:0", "-an", "-sn", "-dn"]
         if (self.width, self.height) != (self.info.width, self.info.height):
             filters.append(f"scale={self.width}:{self.height}:flags=bilinear")
+        flags = SWS_FLAGS if self.pix_fmt == "bgr24" else YUV_SWS_FLAGS
         if filters:
-            filters.append("format=bgr24")  # scale and convert in one swscale pass
+            filters.append(f"format={self.pix_fmt}")  # scale and convert in one swscale pass
             cmd += ["-vf", ",".join(filters)]
-        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(n_decoded), "-sws_flags", SWS_FLAGS,
-                "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+        cmd += [*ff.passthrough_args(cmd[0]), "-frames:v", str(n_decoded), "-sws_flags", flags,
+                "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         return cmd
 
     def __iter__(self) -> Iterator[np.ndarray]:

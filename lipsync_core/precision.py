@@ -1,0 +1,93 @@
+"""Which precision the generator keeps, judged against what the result's encoding already does to the same frames.
+
+On the first batch the generator runs in fp32 and in the device's faster precision (bf16 on CPUs with native
+bf16, fp16 on CUDA). Both outputs are blended into copies of the frames, and in the pixels the blend writes (the
+mouth) two things are measured: the faster precision's PSNR against fp32, and the encoder's own PSNR on the
+fp32 frames (encoded with the result's codec and settings, decoded back). The faster precision is kept when
+  - its PSNR is at least MARGIN_DB above the encoder's: its error is then at most a tenth of the error the
+    encoding adds anyway (in mean square), so the delivered mouth is within 0.4 dB of an fp32 run's, and
+  - no pixel moves by more than MAX_DIFF (in 8-bit levels): PSNR is an average, and a few far-off pixels on
+    lips or teeth would show although the average is fine.
+A lossless result (FFV1, H.264 at crf 0) keeps fp32 without trying: nothing hides any difference there.
+Why the numbers: README (Speed, precision).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MARGIN_DB = 10.0  # the faster precision's mouth PSNR must beat the encoder's by this much
+MAX_DIFF = 8  # ... and move no pixel by more than this, in 8-bit levels
+MEASURE_FRAMES = 12  # at most this many of the first batch's frames are encoded for the comparison
+
+
+@dataclass(frozen=True)
+class Verdict:
+    keep_fast: bool
+    psnr_fast: float  # the faster precision against fp32, in the mouth (dB; inf when identical)
+    psnr_encode: float  # the encoding against its fp32 input, in the same pixels
+    max_diff: float  # the faster precision's largest difference from fp32 there, in 8-bit levels
+    frames: int
+
+    def describe(self, fast: str, encoding: str) -> str:
+        verdict = f"using {fast}" if self.keep_fast else "keeping fp32"
+        why = (f"{fast} vs fp32 {self.psnr_fast:.1f} dB in the mouth, {encoding} itself {self.psnr_encode:.1f} dB "
+               f"(needs {MARGIN_DB:g} dB more); largest difference {self.max_diff:.0f}/255 (cap {MAX_DIFF}), "
+               f"on {self.frames} frame(s)")
+        return f"precision: {verdict} ({why})"
+
+    def as_dict(self) -> dict:
+        def num(v):
+            return None if math.isinf(v) else round(float(v), 2)
+
+        return {"psnr_fast": num(self.psnr_fast), "psnr_encode": num(self.psnr_encode),
+                "max_diff": round(float(self.max_diff), 2), "frames": self.frames,
+                "margin_db": MARGIN_DB, "max_diff_cap": MAX_DIFF}
+
+
+def _psnr(sq_err_sum: float, count: int) -> float:
+    if count == 0 or sq_err_sum == 0:
+        return math.inf
+    return 10.0 * math.log10(255.0 ** 2 / (sq_err_sum / count))
+
+
+def judge(frames, boxes, exact_faces, fast_faces, compositor, encode, colour=None) -> Verdict:
+    """frames: the batch's face frames (BGR uint8 (H, W, 3), or (3, H, W) uint16 Y'CbCr with `colour`), left
+    untouched; boxes: their boxes; exact_faces / fast_faces: the generator's fp32 / faster output for them;
+    encode(list of frames) -> the same frames as the result file delivers them (media.encode_roundtrip)."""
+    n = min(len(frames), MEASURE_FRAMES)
+    planar = colour is not None
+    scale = 1.0 / 256.0 if planar else 1.0  # 16-bit samples -> 8-bit levels
+    exact, regions = [], []
+    sq_fast, count, worst = 0.0, 0, 0.0
+    for i in range(n):
+        a = compositor.paste(frames[i].copy(), exact_faces[i], boxes[i], colour)
+        b = compositor.paste(frames[i].copy(), fast_faces[i], boxes[i], colour)
+        hw = frames[i].shape[1:] if planar else frames[i].shape[:2]
+        place = compositor.region(hw, boxes[i])
+        exact.append(a)
+        regions.append(place[0] if place else None)
+        if place is None:
+            continue
+        y0, y1, x0, x1 = place[0]
+        cut = (slice(None), slice(y0, y1), slice(x0, x1)) if planar else (slice(y0, y1), slice(x0, x1))
+        d = (a[cut].astype(np.float64) - b[cut]) * scale
+        sq_fast += float(np.sum(d * d))
+        count += d.size
+        worst = max(worst, float(np.abs(d).max()))
+    decoded = encode(exact)
+    sq_enc, count_enc = 0.0, 0
+    for a, e, r in zip(exact, decoded, regions):
+        if r is None:
+            continue
+        y0, y1, x0, x1 = r
+        cut = (slice(None), slice(y0, y1), slice(x0, x1)) if planar else (slice(y0, y1), slice(x0, x1))
+        d = (a[cut].astype(np.float64) - e[cut]) * scale
+        sq_enc += float(np.sum(d * d))
+        count_enc += d.size
+    psnr_fast, psnr_enc = _psnr(sq_fast, count), _psnr(sq_enc, count_enc)
+    keep = psnr_fast >= psnr_enc + MARGIN_DB and worst <= MAX_DIFF
+    return Verdict(keep, psnr_fast, psnr_enc, worst, n)
