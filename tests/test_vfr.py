@@ -93,9 +93,9 @@ def test_cli_output_is_on_the_grid_and_each_mouth_hears_its_slot(clips, speech, 
     heard = []
     real_predict = ClipRenderer._predict
 
-    def predict(self, mels, crops, clock):
+    def predict(self, mels, crops, clock, *rest):
         heard.append(np.array(mels))
-        return real_predict(self, mels, crops, clock)
+        return real_predict(self, mels, crops, clock, *rest)
 
     monkeypatch.setattr(ClipRenderer, "_predict", predict)
     out = tmp_path / "synced.mp4"
