@@ -6,15 +6,19 @@ goes into one fresh job folder, removed again when the job is cancelled or fails
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import plan, worker_client
+from . import edit_plan, plan, worker_client
 from . import timeline as tl
+from .edit_plan import CutPlan, EditSnapshot
 from .plan import Clip, PlanError, Snapshot
 from .timeline import TimelineSegment
 
@@ -27,6 +31,8 @@ class Outcome:
     markers: list[tuple[int, str]] | None = None  # to place, replacing ours inside the strip; None: keep
     clips: list[Clip] = field(default_factory=list)
     job_dir: str | None = None
+    cuts: list[CutPlan] = field(default_factory=list)  # the edit: every cut's plan
+    made: dict = field(default_factory=dict)  # cut name -> the engine's clip result, for the cuts made now
 
 
 class _Stop(Exception):
@@ -38,7 +44,7 @@ class _Stop(Exception):
 class JobSteps:
     """command 'detect' (markers only) or 'sync' (segments, then lip-synced clips)."""
 
-    def __init__(self, snap: Snapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, snap: Snapshot | EditSnapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
         assert command in ("detect", "sync")
         self.snap = snap
         self.command = command
@@ -84,10 +90,16 @@ class JobSteps:
         """Remove this job's folder and whatever the engine left in it."""
         if self.job_dir is not None and self.job_dir.exists():
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            try:
+                self.job_dir.parent.rmdir()  # the results folder, when this job made it and nothing else is in it
+            except OSError:
+                pass
 
     # -- steps
 
     def _run(self) -> Outcome:
+        if isinstance(self.snap, EditSnapshot):
+            return self._run_edit()
         snap = self.snap
         self._stage("checking the engine Python")
         worker_client.check_python(snap.python)
@@ -126,6 +138,42 @@ class JobSteps:
         if missing:
             raise PlanError(f"The engine finished but did not write {missing[0]}; the timeline was not changed.")
         return Outcome("done", segments=segments, markers=markers, clips=clips, job_dir=str(self.job_dir))
+
+    def _run_edit(self) -> Outcome:
+        """The whole edit in one worker: only the cuts without a result file for their key are made."""
+        snap = self.snap
+        self._stage("checking the edit")
+        cuts = edit_plan.plan_cuts(snap)
+        todo = edit_plan.to_do(cuts)
+        made: dict = {}
+        if todo:
+            self._stage("checking the engine Python")
+            worker_client.check_python(snap.python)
+            self._check_cancel()
+            job_dir = Path(snap.out_dir) / f".job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            try:
+                job_dir.mkdir(parents=True)
+            except OSError as exc:
+                raise PlanError(f"Cannot write the results to {job_dir.parent}: {exc.strerror}. Save the .blend in "
+                                "a folder you can write to (results go to its lipsync/ folder).") from exc
+            self.job_dir = job_dir  # ours: removed when the job ends, whatever happens
+            outputs = [str(job_dir / Path(c.output).name) for c in todo]
+            result = self._work(edit_plan.edit_job(snap, todo, outputs))
+            rows = result.get("clips") or []
+            missing = [o for o in outputs if not os.path.isfile(o)]
+            if missing or len(rows) != len(todo):
+                raise PlanError(f"The engine finished but did not write {missing[0] if missing else 'every cut'}; "
+                                "the timeline was not changed.")
+            self._check_cancel()
+            for c, out, row in zip(todo, outputs, rows):  # a finished result gets its final, keyed name
+                with open(out + ".json", "w", encoding="utf-8") as fh:
+                    json.dump({"key": c.key, "clip": {**row, "output": c.output}}, fh)
+                os.replace(out + ".json", c.output + ".json")
+                os.replace(out, c.output)
+                made[c.cut] = row
+            self.discard()
+            self.job_dir = None
+        return Outcome("done", cuts=cuts, made=made)
 
     def _stage(self, text: str) -> None:
         self.emit({"event": "progress", "stage": text, "done": 0, "total": None})

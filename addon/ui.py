@@ -47,6 +47,7 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
         row.enabled = job is None
         row.operator("lipsync.detect_segments", icon="VIEWZOOM")
         row.operator("lipsync.sync", icon="PLAY_SOUND")
+        layout.operator("lipsync.restore_original", icon="LOOP_BACK")
         if job is not None:
             box = layout.box()
             if hasattr(box, "progress"):  # UILayout.progress: 4.0+
