@@ -1,4 +1,4 @@
-"""The steps of one job (check Python, detect, sync), blocking, on plain data only.
+"""The steps of one job (check Python, detect, or sync the edit), blocking, on plain data only.
 
 Runs on a job thread in the interface and inline in background mode; never touches bpy. Everything it writes
 goes into one fresh job folder, removed again when the job is cancelled or fails.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import edit_plan, plan, worker_client
 from . import timeline as tl
 from .edit_plan import CutPlan, EditSnapshot
-from .plan import Clip, PlanError, Snapshot
+from .plan import PlanError, Snapshot
 from .timeline import TimelineSegment
 
 
@@ -29,8 +29,6 @@ class Outcome:
     message: str = ""
     segments: list[TimelineSegment] = field(default_factory=list)
     markers: list[tuple[int, str]] | None = None  # to place, replacing ours inside the strip; None: keep
-    clips: list[Clip] = field(default_factory=list)
-    job_dir: str | None = None
     cuts: list[CutPlan] = field(default_factory=list)  # the edit: every cut's plan
     made: dict = field(default_factory=dict)  # cut name -> the engine's clip result, for the cuts made now
 
@@ -42,7 +40,7 @@ class _Stop(Exception):
 
 
 class JobSteps:
-    """command 'detect' (markers only) or 'sync' (segments, then lip-synced clips)."""
+    """command 'detect' (a Snapshot: markers for one strip) or 'sync' (an EditSnapshot: the whole edit)."""
 
     def __init__(self, snap: Snapshot | EditSnapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
         assert command in ("detect", "sync")
@@ -90,10 +88,11 @@ class JobSteps:
         """Remove this job's folder and whatever the engine left in it."""
         if self.job_dir is not None and self.job_dir.exists():
             shutil.rmtree(self.job_dir, ignore_errors=True)
-            try:
-                self.job_dir.parent.rmdir()  # the results folder, when this job made it and nothing else is in it
-            except OSError:
-                pass
+            if getattr(self, "_made_out_dir", False):
+                try:
+                    self.job_dir.parent.rmdir()  # the results folder, when this job made it and it is still empty
+                except OSError:
+                    pass
 
     # -- steps
 
@@ -105,39 +104,11 @@ class JobSteps:
         worker_client.check_python(snap.python)
         self._check_cancel()
 
-        markers = None
-        if self.command == "detect" or plan.needs_detection(snap):
-            result = self._work(plan.segments_job(snap))
-            detected = plan.detected_segments(snap, result)
-            if not any(s.face for s in detected):
-                raise PlanError(plan.no_face_message(snap))
-            if self.command == "detect" or snap.segment_source == "AUTO":
-                segments = detected
-                markers = tl.markers_for_segments(detected)
-            else:  # markers placed by hand: detection says which of them show a face
-                faces = [(s.start, s.end) for s in detected if s.face]
-                segments = tl.label_segments(plan.marker_segments(snap), faces)
-        elif snap.segment_source == "STRIP":
-            segments = [TimelineSegment(*snap.video.timing.visible, True)]
-        else:
-            segments = plan.marker_segments(snap)
-
-        if self.command == "detect":
-            return Outcome("done", segments=segments, markers=markers)
-
-        job_dir = plan.new_job_dir(snap)
-        clips = plan.sync_clips(snap, segments, job_dir)
-        try:
-            job_dir.mkdir(parents=True)
-        except OSError as exc:
-            raise PlanError(f"Cannot write the results to {job_dir.parent}: {exc.strerror}. Save the .blend in a "
-                            "folder you can write to (results go to its lipsync/ folder).") from exc
-        self.job_dir = job_dir  # ours from here on: removed again if the job does not finish
-        self._work(plan.sync_job(snap, clips))
-        missing = plan.missing_outputs(clips)
-        if missing:
-            raise PlanError(f"The engine finished but did not write {missing[0]}; the timeline was not changed.")
-        return Outcome("done", segments=segments, markers=markers, clips=clips, job_dir=str(self.job_dir))
+        result = self._work(plan.segments_job(snap))
+        detected = plan.detected_segments(snap, result)
+        if not any(s.face for s in detected):
+            raise PlanError(plan.no_face_message(snap))
+        return Outcome("done", segments=detected, markers=tl.markers_for_segments(detected))
 
     def _run_edit(self) -> Outcome:
         """The whole edit in one worker: only the cuts without a result file for their key are made."""
@@ -150,13 +121,15 @@ class JobSteps:
             self._stage("checking the engine Python")
             worker_client.check_python(snap.python)
             self._check_cancel()
-            job_dir = Path(snap.out_dir) / f".job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            made_out_dir = not os.path.isdir(snap.out_dir)
             try:
-                job_dir.mkdir(parents=True)
+                os.makedirs(snap.out_dir, exist_ok=True)
+                job_dir = Path(tempfile.mkdtemp(prefix=".job-", dir=snap.out_dir))
             except OSError as exc:
                 raise PlanError(f"Cannot write the results to {job_dir.parent}: {exc.strerror}. Save the .blend in "
                                 "a folder you can write to (results go to its lipsync/ folder).") from exc
             self.job_dir = job_dir  # ours: removed when the job ends, whatever happens
+            self._made_out_dir = made_out_dir
             outputs = [str(job_dir / Path(c.output).name) for c in todo]
             result = self._work(edit_plan.edit_job(snap, todo, outputs))
             rows = result.get("clips") or []

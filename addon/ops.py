@@ -58,7 +58,7 @@ def conclude(context, job_or_steps, outcome: Outcome) -> tuple[set, str, str]:
             if isinstance(snap, EditSnapshot):
                 summary = apply.apply_edit(scene, snap, outcome)
             else:
-                summary = apply.apply_outcome(scene, snap, outcome, snap.relative_paths)
+                summary = apply.apply_outcome(scene, snap, outcome)
             result, level, msg = {"FINISHED"}, "INFO", f"Lip Sync: {summary}"
         except PlanError as exc:  # refused before any change: its files are of no use
             steps.discard()

@@ -5,11 +5,7 @@ No bpy: snapshot.py copies what is needed out of Blender on the main thread, the
 
 from __future__ import annotations
 
-import os
-import re
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import timeline as tl
 from .timeline import TimelineSegment, Timing
@@ -46,16 +42,6 @@ class Snapshot:
     relative_paths: bool = False  # results placed with paths relative to the .blend (it was saved at the start)
     cache_dir: str = ""  # the engine's detection cache
     options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Clip:
-    start: int  # timeline frames, end exclusive
-    end: int
-    src_start: int  # source-file frames
-    src_end: int
-    audio_start: float  # seconds into the audio file at `start`
-    output: str  # absolute path of the result file
 
 
 def visible_source_range(snap: Snapshot) -> tuple[int, int]:
@@ -110,86 +96,7 @@ def marker_segments(snap: Snapshot) -> list[TimelineSegment]:
     return segs
 
 
-def needs_detection(snap: Snapshot) -> bool:
-    if snap.segment_source == "AUTO":
-        return True
-    if snap.segment_source == "MARKERS":
-        return any(s.face is None for s in marker_segments(snap))
-    return False
-
-
-def audio_range(snap: Snapshot) -> tuple[int, int]:
-    assert snap.audio is not None
-    return snap.audio.timing.visible
-
-
-def precheck(snap: Snapshot) -> None:
-    """Cheap checks on the main thread before anything starts."""
-    if snap.audio is not None and tl.intersect(snap.video.timing.visible, audio_range(snap)) is None:
-        raise PlanError(f"The audio strip '{snap.audio.name}' does not lie under the video strip "
-                        f"'{snap.video.name}' on the timeline; move it so they overlap.")
-    if snap.segment_source == "MARKERS":
-        segs = marker_segments(snap)
-        if all(s.face is False for s in segs):
-            raise PlanError("No face anywhere: every marker segment is marked 'LS no face'. Run Detect Segments "
-                            "again or set Segments to Whole Strip.")
-
-
 def no_face_message(snap: Snapshot) -> str:
     lo, hi = snap.video.timing.visible
     return (f"No face anywhere in '{snap.video.name}' (frames {lo}-{hi}): nothing to lip-sync. Check that the "
             "strip shows a face, or place markers around the face and set Segments to Markers.")
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "clip"
-
-
-def new_job_dir(snap: Snapshot) -> Path:
-    """A fresh folder per job, so a cancelled job's files can be removed without touching others."""
-    stem = _safe(Path(snap.video.path).stem)
-    base = Path(snap.out_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def sync_clips(snap: Snapshot, segments: list[TimelineSegment], job_dir: Path) -> list[Clip]:
-    """Face segments, cut to where the audio strip plays, -> clips with source frames and audio seconds."""
-    assert snap.audio is not None
-    clips: list[Clip] = []
-    stem = _safe(Path(snap.video.path).stem)
-    for seg in segments:
-        if not seg.face:
-            continue
-        rng = tl.intersect((seg.start, seg.end), audio_range(snap))
-        if rng is None:
-            continue
-        s, e = rng
-        src_s, src_e = tl.source_range(snap.video.timing, s, e)
-        clips.append(Clip(s, e, src_s, src_e, round(tl.sound_seconds(snap.audio.timing, s, snap.fps), 6),
-                          str(job_dir / f"{stem}_{s}-{e}.mp4")))
-    if not clips:
-        if not any(seg.face for seg in segments):
-            raise PlanError(no_face_message(snap))
-        raise PlanError(f"The audio strip '{snap.audio.name}' does not lie under any segment with a face; "
-                        "move it under the face segments.")
-    return clips
-
-
-def sync_job(snap: Snapshot, clips: list[Clip]) -> dict:
-    assert snap.audio is not None
-    return {
-        "command": "sync", "video": snap.video.path, "audio": snap.audio.path, "checkpoint": snap.checkpoint,
-        "clips": [{"start_frame": c.src_start, "end_frame": c.src_end, "audio_start": c.audio_start,
-                   "output": c.output, "face": True} for c in clips],
-        "options": {"pads": list(snap.pads), "blend": snap.blend.lower(), "device": snap.device,
-                    "batch_size": snap.options.get("batch_size"), "detector": snap.options.get("detector", "auto"),
-                    "smooth": True, "box": None},
-    }
-
-
-def missing_outputs(clips: list[Clip]) -> list[str]:
-    return [c.output for c in clips if not os.path.isfile(c.output)]

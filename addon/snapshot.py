@@ -172,8 +172,8 @@ def output_dir() -> tuple[str, bool]:
     return str(Path(prefs.user_dir()) / "results"), False
 
 
-def take(context, command: str) -> Snapshot:
-    """Snapshot for 'detect' or 'sync'; raises PlanError for anything the editor must fix first."""
+def take(context, command: str = "detect") -> Snapshot:
+    """Snapshot for 'detect' (one strip); raises PlanError for anything the editor must fix first."""
     scene = compat.edit_scene(context)
     settings = scene.lipsync
     p = prefs.get(context)
@@ -183,18 +183,7 @@ def take(context, command: str) -> Snapshot:
     video = resolve_video(scene, settings)
     check_file(video, source_path(video))
     check_fps(video, fps)
-    audio = None
     checkpoint = ""
-    if command == "sync":
-        audio = resolve_audio(scene, settings, video)
-        check_file(audio, strip_path(audio))
-        checkpoint = abspath(p.checkpoint_path) if p is not None else ""
-        if not checkpoint:
-            raise PlanError("No checkpoint: set Preferences > Add-ons > Lip Sync > Checkpoint to a Wav2Lip "
-                            ".pth file (see checkpoints/README.md).")
-        if not os.path.isfile(checkpoint):
-            raise PlanError(f"The checkpoint file is missing: {checkpoint}. Fix Preferences > Add-ons > "
-                            "Lip Sync > Checkpoint.")
     python = prefs.engine_python(p)
     if not python:
         raise PlanError("No engine Python: set Preferences > Add-ons > Lip Sync > Python to a Python with torch "
@@ -204,7 +193,7 @@ def take(context, command: str) -> Snapshot:
     out_dir, relative = output_dir()  # decided now: saving the .blend during the job must not change it
     return Snapshot(
         scene=scene.name, fps=fps, video=ref(video, float(getattr(video, "fps", 0.0) or fps)),
-        audio=ref(audio) if audio is not None else None,
+        audio=None,
         markers=tuple((int(m.frame), m.name) for m in scene.timeline_markers),
         segment_source=settings.segment_source, blend=settings.blend_mode,
         pads=tuple(int(v) for v in settings.pads), python=python, checkpoint=checkpoint,

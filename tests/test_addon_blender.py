@@ -401,7 +401,13 @@ def test_panel_draws_pickers_settings_and_buttons(lipsync_addon, made_media):
     be.add_edit(scene, made_media)
     log = _draw(bpy.types.LIPSYNC_PT_panel)
     assert ("prop_search", "video_strip", "strips") in log and ("prop_search", "audio_strip", "strips") in log
-    assert ("label", "Using: clip") in log and ("label", "Using: speech") in log  # the defaults it will use
+    # new strips are selected: the selection is what a press uses (the movie's own sound is no dub)
+    assert ("label", "Using: 1 selected movie strip(s)") in log and ("label", "Dub: 1 selected sound strip(s)") in log
+    for s in be.strips(scene):
+        s.select = False
+    log = _draw(bpy.types.LIPSYNC_PT_panel)
+    assert ("label", "Using: clip") in log and ("label", "Dub: speech") in log  # the defaults it will use
+    assert ("operator", "lipsync.restore_original") in log
     for name in ("segment_source", "blend_mode", "pads"):
         assert ("prop", name) in log
     assert ("operator", "lipsync.detect_segments") in log and ("operator", "lipsync.sync") in log
