@@ -14,7 +14,7 @@ import bpy
 from . import compat, snapshot
 from . import timeline as tl
 from .job_steps import Outcome
-from .plan import PlanError, Snapshot
+from .plan import PlanError
 
 MUTED_FOR = "lipsync_muted_for"  # on sound strips this add-on muted: the video strip's name
 RESULT_PREFIX = "LS "
@@ -22,21 +22,6 @@ RESULT_PREFIX = "LS "
 
 def muted_for(scene, video_name: str) -> list:
     return [s for s in snapshot.top_strips(scene) if s.get(MUTED_FOR) == video_name]
-
-
-def current_strips(scene, snap: Snapshot):
-    """The strips the job was planned for, refusing if they were removed, moved or trimmed meanwhile."""
-    video = snapshot.find_strip(scene, snap.video.name)
-    if video is None or video.type != "MOVIE" or snapshot.timing(video) != snap.video.timing:
-        raise PlanError(f"The video strip '{snap.video.name}' was removed, moved or trimmed while lip sync ran; "
-                        "the timeline was not changed. Run it again.")
-    audio = None
-    if snap.audio is not None:
-        audio = snapshot.find_strip(scene, snap.audio.name)
-        if audio is None or audio.type != "SOUND" or snapshot.timing(audio) != snap.audio.timing:
-            raise PlanError(f"The audio strip '{snap.audio.name}' was removed, moved or trimmed while lip sync "
-                            "ran; the timeline was not changed. Run it again.")
-    return video, audio
 
 
 def replace_markers(scene, lo: int, hi: int, markers: list[tuple[int, str]]) -> int:
@@ -49,12 +34,26 @@ def replace_markers(scene, lo: int, hi: int, markers: list[tuple[int, str]]) -> 
     return len(markers)
 
 
-def apply_outcome(scene, snap: Snapshot, out: Outcome) -> str:
-    """Apply a finished detection (markers); returns a one-line summary. Raises PlanError before any change."""
-    video, _ = current_strips(scene, snap)
-    n = replace_markers(scene, video.frame_final_start, video.frame_final_end, out.markers or [])
-    faces = sum(1 for s in out.segments if s.face)
-    return f"{n} markers: {faces} of {len(out.segments)} segments have a face"
+def _current_cut(scene, name: str, timing):
+    strip = snapshot.find_strip(scene, name)
+    if strip is None or strip.type != "MOVIE" or snapshot.source_timing(strip) != timing:
+        raise PlanError(f"The strip '{name}' was removed, moved or trimmed while lip sync ran; the timeline was not "
+                        "changed. Run it again.")
+    return strip
+
+
+def apply_detect(scene, snap, out: Outcome) -> str:
+    """Markers for every cut's segments (ours inside each cut replaced; the editor's stay)."""
+    for cut in snap.cuts:
+        _current_cut(scene, cut.name, cut.timing)
+    n = faces = total = 0
+    for cut in snap.cuts:
+        segs = out.detected.get(cut.name, [])
+        n += replace_markers(scene, *cut.timing.visible, tl.markers_for_segments(segs))
+        faces += sum(1 for s in segs if s.face)
+        total += len(segs)
+    return f"{n} markers: {faces} of {total} segments have a face" + (
+        f" in {len(snap.cuts)} strips" if len(snap.cuts) > 1 else "")
 
 
 # -- the edit: each cut's own strip shows its result (its media swapped), so it keeps its whole look
@@ -133,10 +132,7 @@ def apply_edit(scene, snap, out: Outcome) -> str:
     cut_refs = {c.name: c for c in snap.cuts}
     changed, faceless = [], []
     for cut in out.cuts:
-        strip = snapshot.find_strip(scene, cut.cut)
-        if strip is None or strip.type != "MOVIE" or snapshot.source_timing(strip) != cut_refs[cut.cut].timing:
-            raise PlanError(f"The strip '{cut.cut}' was removed, moved or trimmed while lip sync ran; the timeline "
-                            "was not changed. Run it again.")
+        strip = _current_cut(scene, cut.cut, cut_refs[cut.cut].timing)
         if not os.path.isfile(cut.output):
             raise PlanError(f"A result file disappeared: {cut.output}; the timeline was not changed.")
         if snapshot.shows_result(strip) and strip.get(snapshot.KEY) == cut.key:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import timeline as tl
-from .plan import PlanError
+from .plan import PlanError, detected_ranges
 from .timeline import Timing
 
 KEY_VERSION = 1  # bump when the engine's output for the same inputs changes: every result is made again once
@@ -222,3 +222,26 @@ def result_segments(plan: CutPlan, result: dict) -> list[tl.TimelineSegment]:
     rows = [(int(r["start_frame"]) + shift, int(r["end_frame"]) + shift, bool(r["face"]))
             for r in result.get("segments") or []]
     return tl.cover(rows, *plan.timeline)
+
+
+def detect_job(snap: EditSnapshot) -> dict:
+    """Face / no-face segments of every cut's visible source range, in one worker."""
+    clips = [{"video": c.path, "start_frame": tl.source_frame(c.timing, c.timing.visible[0]),
+              "end_frame": tl.source_frame(c.timing, c.timing.visible[1])} for c in snap.cuts]
+    opts = snap.options or {}
+    return {"command": "segments", "clips": clips,
+            "options": {"detector": opts.get("detector", "auto"), "device": snap.device,
+                        "min_segment_seconds": opts.get("min_segment_seconds", 0.5)}}
+
+
+def detected_segments(cut: CutRef, answer: dict) -> list[tl.TimelineSegment]:
+    """One cut's segments answer -> segments in timeline frames covering its visible range exactly."""
+    rows = [(tl.timeline_frame(cut.timing, s), tl.timeline_frame(cut.timing, e), f)
+            for s, e, f in detected_ranges(answer)]
+    return tl.cover(rows, *cut.timing.visible)
+
+
+def no_face_message(cuts: list[CutRef]) -> str:
+    where = ", ".join(f"'{c.name}' (frames {c.timing.visible[0]}-{c.timing.visible[1]})" for c in cuts)
+    return (f"No face anywhere in {where}: nothing to lip-sync. Check that the strips show a face, or place "
+            "markers around the face and set Segments to Markers.")

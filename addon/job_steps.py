@@ -16,19 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import edit_plan, plan, worker_client
-from . import timeline as tl
+from . import edit_plan, worker_client
 from .edit_plan import CutPlan, EditSnapshot
-from .plan import PlanError, Snapshot
-from .timeline import TimelineSegment
+from .plan import PlanError
 
 
 @dataclass
 class Outcome:
     status: str  # 'done' | 'error' | 'cancelled'
     message: str = ""
-    segments: list[TimelineSegment] = field(default_factory=list)
-    markers: list[tuple[int, str]] | None = None  # to place, replacing ours inside the strip; None: keep
+    detected: dict = field(default_factory=dict)  # detect: cut name -> its TimelineSegments
     cuts: list[CutPlan] = field(default_factory=list)  # the edit: every cut's plan
     made: dict = field(default_factory=dict)  # cut name -> the engine's clip result, for the cuts made now
 
@@ -40,9 +37,9 @@ class _Stop(Exception):
 
 
 class JobSteps:
-    """command 'detect' (a Snapshot: markers for one strip) or 'sync' (an EditSnapshot: the whole edit)."""
+    """command 'detect' (markers for every cut) or 'sync' (the whole edit), each in one worker."""
 
-    def __init__(self, snap: Snapshot | EditSnapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, snap: EditSnapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
         assert command in ("detect", "sync")
         self.snap = snap
         self.command = command
@@ -97,18 +94,23 @@ class JobSteps:
     # -- steps
 
     def _run(self) -> Outcome:
-        if isinstance(self.snap, EditSnapshot):
-            return self._run_edit()
+        return self._run_edit() if self.command == "sync" else self._run_detect()
+
+    def _run_detect(self) -> Outcome:
+        """Face / no-face segments of every cut, in one worker."""
         snap = self.snap
         self._stage("checking the engine Python")
         worker_client.check_python(snap.python)
         self._check_cancel()
-
-        result = self._work(plan.segments_job(snap))
-        detected = plan.detected_segments(snap, result)
-        if not any(s.face for s in detected):
-            raise PlanError(plan.no_face_message(snap))
-        return Outcome("done", segments=detected, markers=tl.markers_for_segments(detected))
+        result = self._work(edit_plan.detect_job(snap))
+        answers = result.get("clips")
+        if not isinstance(answers, list) or len(answers) != len(snap.cuts):
+            raise PlanError("The engine's answer has no segments for every strip; engine and add-on do not match, "
+                            "reinstall the add-on.")
+        detected = {c.name: edit_plan.detected_segments(c, a) for c, a in zip(snap.cuts, answers)}
+        if not any(s.face for segs in detected.values() for s in segs):
+            raise PlanError(edit_plan.no_face_message(list(snap.cuts)))
+        return Outcome("done", detected=detected)
 
     def _run_edit(self) -> Outcome:
         """The whole edit in one worker: only the cuts without a result file for their key are made."""

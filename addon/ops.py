@@ -10,7 +10,7 @@ from __future__ import annotations
 import bpy
 
 from . import apply, compat, jobs, snapshot
-from .edit_plan import EditSnapshot, plan_cuts
+from .edit_plan import plan_cuts
 from .job_steps import JobSteps, Outcome
 from .modal import BlockingOrModal
 from .plan import PlanError
@@ -20,11 +20,10 @@ TIMER_S = 0.1
 
 def prepare(context, command: str):
     """Snapshot + cheap checks on the main thread; raises PlanError."""
+    snap = snapshot.take_edit(context, command)
     if command == "sync":
-        snap = snapshot.take_edit(context)
         plan_cuts(snap)  # every cut's problems, listed together, before anything starts
-        return snap
-    return snapshot.take(context, command)
+    return snap
 
 
 def start_job(context, command: str) -> jobs.Job:
@@ -55,10 +54,10 @@ def conclude(context, job_or_steps, outcome: Outcome) -> tuple[set, str, str]:
                                    "changed.")
     if outcome.status == "done":
         try:
-            if isinstance(snap, EditSnapshot):
+            if steps.command == "sync":
                 summary = apply.apply_edit(scene, snap, outcome)
             else:
-                summary = apply.apply_outcome(scene, snap, outcome)
+                summary = apply.apply_detect(scene, snap, outcome)
             result, level, msg = {"FINISHED"}, "INFO", f"Lip Sync: {summary}"
         except PlanError as exc:  # refused before any change: its files are of no use
             steps.discard()
@@ -170,7 +169,7 @@ class _JobOperator(BlockingOrModal):
 
 
 class LIPSYNC_OT_detect_segments(_JobOperator, bpy.types.Operator):
-    """Find where the video strip shows a face and mark each face / no-face segment with timeline markers"""
+    """Find where the selected movie strips show a face and mark each face / no-face segment with timeline markers"""
 
     bl_idname = "lipsync.detect_segments"
     bl_label = "Detect Segments"

@@ -1,4 +1,4 @@
-"""Read the timeline on the main thread into plain data (plan.Snapshot), checking the editor's choices.
+"""Read the timeline on the main thread into plain data (edit_plan.EditSnapshot), checking the editor's choices.
 
 Every refusal is a PlanError whose message says what to do.
 """
@@ -13,7 +13,7 @@ import bpy
 from . import compat, prefs, worker_client
 from . import timeline as tl
 from .edit_plan import CutRef, DubRef, EditSnapshot, problem_report
-from .plan import PlanError, Snapshot, StripRef
+from .plan import PlanError
 
 # On a movie strip that shows a Lip Sync result (its media swapped, see apply.show_result):
 ORIGINAL = "lipsync_original"  # the source file's path as the strip held it
@@ -146,60 +146,11 @@ def resolve_audio(scene, settings, video):
     return strip
 
 
-def check_file(strip, path: str) -> None:
-    if not path or not os.path.isfile(path):
-        raise PlanError(f"The file of strip '{strip.name}' is missing: {path or '(no path)'}. Relink it "
-                        "(Sidebar > Strip > Source) or pick another strip.")
-
-
-def check_fps(strip, fps: float) -> None:
-    movie_fps = float(getattr(strip, "fps", 0.0) or 0.0)
-    if movie_fps > 0 and not tl.fps_matches(movie_fps, fps):
-        raise PlanError(f"'{strip.name}' runs at {movie_fps:.3f} fps but the scene at {fps:.3f} fps. Set the scene "
-                        "frame rate to the movie's (Properties > Output > Frame Rate) or conform the clip.")
-
-
-def ref(strip, fps: float | None = None) -> StripRef:
-    if strip.type == "MOVIE":
-        return StripRef(strip.name, strip.type, source_path(strip), int(strip.channel), source_timing(strip), fps)
-    return StripRef(strip.name, strip.type, strip_path(strip), int(strip.channel), timing(strip), fps)
-
-
 def output_dir() -> tuple[str, bool]:
     """(folder, relative): beside the saved .blend as //lipsync/, else the extension's cache folder."""
     if bpy.data.filepath:
         return abspath("//lipsync"), True
     return str(Path(prefs.user_dir()) / "results"), False
-
-
-def take(context, command: str = "detect") -> Snapshot:
-    """Snapshot for 'detect' (one strip); raises PlanError for anything the editor must fix first."""
-    scene = compat.edit_scene(context)
-    settings = scene.lipsync
-    p = prefs.get(context)
-    if scene.sequence_editor is None:
-        raise PlanError("This scene has no strips: add the video and the new audio in the Video Sequencer.")
-    fps = tl.scene_fps(scene.render.fps, scene.render.fps_base)
-    video = resolve_video(scene, settings)
-    check_file(video, source_path(video))
-    check_fps(video, fps)
-    checkpoint = ""
-    python = prefs.engine_python(p)
-    if not python:
-        raise PlanError("No engine Python: set Preferences > Add-ons > Lip Sync > Python to a Python with torch "
-                        "(python build.py setup makes .venv/bin/python in a checkout).")
-    if not worker_client.core_dir():
-        raise PlanError("lipsync_core is missing from the extension; reinstall the Lip Sync extension.")
-    out_dir, relative = output_dir()  # decided now: saving the .blend during the job must not change it
-    return Snapshot(
-        scene=scene.name, fps=fps, video=ref(video, float(getattr(video, "fps", 0.0) or fps)),
-        audio=None,
-        markers=tuple((int(m.frame), m.name) for m in scene.timeline_markers),
-        segment_source=settings.segment_source, blend=settings.blend_mode,
-        pads=tuple(int(v) for v in settings.pads), python=python, checkpoint=checkpoint,
-        device=p.device.lower() if p is not None else "auto", out_dir=out_dir, relative_paths=relative,
-        cache_dir=str(Path(prefs.user_dir()) / "cache"),
-    )
 
 
 # -- the edit: every selected cut, the dub over each
@@ -268,7 +219,7 @@ def _movie_size(strip) -> tuple[int, int] | None:
     return (w, h) if w > 0 and h > 0 else None
 
 
-def strip_problems(scene, strip, fps: float) -> list[str]:
+def strip_problems(scene, strip, fps: float, command: str = "sync") -> list[str]:
     """What keeps a cut or a dub strip from being synced exactly, one line each naming the strip."""
     out = []
     path = source_path(strip) if strip.type == "MOVIE" else strip_path(strip)
@@ -280,7 +231,7 @@ def strip_problems(scene, strip, fps: float) -> list[str]:
         if movie_fps > 0 and not tl.fps_matches(movie_fps, fps) and not shows_result(strip):
             out.append(f"'{strip.name}': runs at {movie_fps:.3f} fps but the scene at {fps:.3f} fps; set the scene "
                        "frame rate to the movie's (Properties > Output > Frame Rate) or conform the clip")
-    size = _movie_size(strip) if strip.type == "MOVIE" and not shows_result(strip) else None
+    size = _movie_size(strip) if strip.type == "MOVIE" and not shows_result(strip) and command == "sync" else None
     if size is not None and (size[0] % 2 or size[1] % 2):
         out.append(f"'{strip.name}': its picture is {size[0]}x{size[1]}; the result would need an extra pixel "
                    "row or column (H.264 holds only even sizes) and would not line up exactly; conform the clip "
@@ -294,8 +245,8 @@ def strip_problems(scene, strip, fps: float) -> list[str]:
     return out
 
 
-def take_edit(context) -> EditSnapshot:
-    """The edit to sync: every selected cut with the dub over it; every problem in one PlanError."""
+def take_edit(context, command: str = "sync") -> EditSnapshot:
+    """The edit to sync (or detect): every selected cut with the dub over it; every problem in one PlanError."""
     scene = compat.edit_scene(context)
     settings = scene.lipsync
     p = prefs.get(context)
@@ -303,8 +254,8 @@ def take_edit(context) -> EditSnapshot:
         raise PlanError("This scene has no strips: add the video and the new audio in the Video Sequencer.")
     fps = tl.scene_fps(scene.render.fps, scene.render.fps_base)
     cuts = selected_cuts(scene, settings)
-    dubs = selected_dubs(scene, settings, cuts)
-    if not any(dubs.values()):
+    dubs = selected_dubs(scene, settings, cuts) if command == "sync" else {c.name: [] for c in cuts}
+    if command == "sync" and not any(dubs.values()):
         raise PlanError("No audio strip chosen: add the new dialogue as sound strips under the video and select "
                         "them (or pick one in the Sequencer sidebar > Lip Sync > Audio).")
     problems = []
@@ -313,14 +264,14 @@ def take_edit(context) -> EditSnapshot:
         for strip in [c, *dubs[c.name]]:
             if strip.name not in checked:
                 checked.add(strip.name)
-                problems += strip_problems(scene, strip, fps)
+                problems += strip_problems(scene, strip, fps, command)
     if problems:
         raise PlanError(problem_report(problems))
     checkpoint = abspath(p.checkpoint_path) if p is not None else ""
-    if not checkpoint:
+    if command == "sync" and not checkpoint:
         raise PlanError("No checkpoint: set Preferences > Add-ons > Lip Sync > Checkpoint to a Wav2Lip "
                         ".pth file (see checkpoints/README.md).")
-    if not os.path.isfile(checkpoint):
+    if command == "sync" and not os.path.isfile(checkpoint):
         raise PlanError(f"The checkpoint file is missing: {checkpoint}. Fix Preferences > Add-ons > "
                         "Lip Sync > Checkpoint.")
     python = prefs.engine_python(p)

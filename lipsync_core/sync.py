@@ -119,6 +119,21 @@ def find_segments(video: str, opts: SyncOptions | None = None, start_frame: int 
     return out
 
 
+def find_segments_many(clips: list[dict], opts: SyncOptions | None = None, progress: Progress | None = None,
+                       cancel: CancelToken | None = None) -> dict:
+    """`find_segments` for several ranges of several files in one process (each file analysed once, cached):
+    clip {"video", "start_frame", "end_frame"} -> {"clips": [find_segments' answer, ...]}."""
+    progress = progress or Progress()
+    out = []
+    for i, c in enumerate(clips):
+        video = str(c.get("video") or "")
+        if not video or not os.path.isfile(video):
+            raise LipsyncError(f"a clip's video is missing: {video or '(none)'}")
+        out.append(find_segments(video, opts, int(c.get("start_frame") or 0), c.get("end_frame"),
+                                 _CutProgress(progress, i + 1, len(clips)), cancel))
+    return {"clips": out}
+
+
 def _auto_segments(has_face: np.ndarray, fps: float, opts: SyncOptions) -> list[Segment]:
     return segments_from_presence(has_face, min_frames=max(1, int(round(opts.min_segment_seconds * fps))),
                                   max_gap=int(round(opts.max_gap_seconds * fps)))

@@ -295,7 +295,7 @@ def test_a_moved_result_strip_is_still_current_and_restores_in_place(configured,
     snap, out = _fake_outcome(scene, made_media)
     fake_results.append(out)
     apply.apply_edit(scene, snap, out)
-    for s in (movie, own, speech):  # the editor moves the whole scene 20 frames later
+    for s in sorted(be.strips(scene), key=lambda s: -s.frame_start):  # the editor moves it all 20 frames later
         s.frame_start += 20
     (cut,) = edit_plan.plan_cuts(ops.prepare(bpy.context, "sync"))
     assert (cut.start_frame, cut.end_frame, cut.key) == (10, 110, out.cuts[0].key)  # nothing to redo

@@ -9,7 +9,7 @@ import pytest
 from addon import edit_plan, plan, worker_client
 from addon import timeline as tl
 from addon.edit_plan import CutRef, DubRef, EditSnapshot
-from addon.plan import PlanError, Snapshot, StripRef
+from addon.plan import PlanError
 from addon.timeline import TimelineSegment, Timing
 
 
@@ -74,18 +74,6 @@ def test_label_segments_by_face_coverage():
     segs = [TimelineSegment(0, 40, None), TimelineSegment(40, 70, None), TimelineSegment(70, 110, True)]
     out = tl.label_segments(segs, [(0, 38), (72, 110)])
     assert [s.face for s in out] == [True, False, True]
-
-
-def _snap(tmp_path: Path, **kw) -> Snapshot:
-    video = StripRef("clip", "MOVIE", str(tmp_path / "clip.mp4"), 1,
-                     Timing(frame_start=1, final_start=6, final_end=111, animation_offset_start=0), 25.0)
-    audio = StripRef("speech", "SOUND", str(tmp_path / "speech.wav"), 3,
-                     Timing(frame_start=11, final_start=11, final_end=200, animation_offset_start=5), None)
-    base = {"scene": "Edit", "fps": 25.0, "video": video, "audio": audio,
-            "markers": ((6, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end")),
-            "python": "/py", "checkpoint": "/ck.pth", "out_dir": str(tmp_path / "out")}
-    base.update(kw)
-    return Snapshot(**base)
 
 
 def _edit(tmp_path: Path, dubs=None, **kw) -> EditSnapshot:
@@ -157,23 +145,15 @@ def test_edit_problems_are_listed_together(tmp_path):
         edit_plan.plan_cuts(_edit(tmp_path, cuts=(noface,)))
 
 
-def test_segments_job_uses_visible_source_range(tmp_path):
-    job = plan.segments_job(_snap(tmp_path))
-    assert (job["start_frame"], job["end_frame"]) == (5, 110)
-
-
-def test_detected_segments_back_to_timeline(tmp_path):
-    snap = _snap(tmp_path)
-    result = {"segments": [{"start_frame": 5, "end_frame": 40, "face": True},
+def test_detect_job_uses_visible_source_range_and_maps_back(tmp_path):
+    snap = _edit(tmp_path)
+    job = edit_plan.detect_job(snap)
+    assert job["command"] == "segments" and [(c["start_frame"], c["end_frame"]) for c in job["clips"]] == [(5, 110)]
+    answer = {"segments": [{"start_frame": 5, "end_frame": 40, "face": True},
                            {"start_frame": 40, "end_frame": 70, "face": False},
                            {"start_frame": 70, "end_frame": 110, "face": True}]}
-    assert plan.detected_segments(snap, result) == [TimelineSegment(6, 41, True), TimelineSegment(41, 71, False),
-                                                    TimelineSegment(71, 111, True)]
-
-
-def test_plan_refusals(tmp_path):
-    with pytest.raises(PlanError, match="marker"):
-        plan.marker_segments(_snap(tmp_path, markers=((200, "a"), (300, "b"))))
+    assert edit_plan.detected_segments(snap.cuts[0], answer) == [
+        TimelineSegment(6, 41, True), TimelineSegment(41, 71, False), TimelineSegment(71, 111, True)]
 
 
 def test_died_message_names_exit_and_stderr():

@@ -157,3 +157,15 @@ def test_mix_dub_sums_parts_at_their_places(tmp_path):
     assert len(mix) == 16000 and not mix[:8000].any() and not mix[12000:].any()
     np.testing.assert_allclose(mix[8000:9600], 0.5 * src[:1600], atol=2e-3)  # resampler edges
     np.testing.assert_allclose(mix[9600:11200], 0.5 * src[1600:3200] + src[8000:9600], atol=2e-3)
+
+
+def test_segments_of_several_ranges_in_one_process(work, tmp_path):
+    job = {"command": "segments", "options": {"detector": "opencv"},
+           "clips": [{"video": str(work["clip"]), "start_frame": 0, "end_frame": 45},
+                     {"video": str(work["clip"]), "start_frame": 35, "end_frame": 80}]}
+    ev = events_of(start_worker(tmp_path), job)
+    assert ev[-1]["event"] == "result", ev[-1]
+    rows = [[(s["start_frame"], s["end_frame"], s["face"]) for s in c["segments"]] for c in ev[-1]["clips"]]
+    assert rows == [[(0, 30, True), (30, 45, False)], [(35, 50, False), (50, 80, True)]]
+    assert "cut 2 of 2: detect" in {e.get("stage") for e in ev if e["event"] == "progress"} or any(
+        "cut 2 of 2" in e.get("message", "") for e in ev if e["event"] == "log")
