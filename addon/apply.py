@@ -17,6 +17,7 @@ from .job_steps import Outcome
 from .plan import PlanError
 
 MUTED_FOR = "lipsync_muted_for"  # on sound strips this add-on muted: the video strip's name
+ORIG_STREAM = "lipsync_orig_stream"  # the video stream a strip showed before it showed a result
 RESULT_PREFIX = "LS "
 
 
@@ -87,6 +88,9 @@ def show_result(strip, path: str, cut) -> None:
     if not snapshot.shows_result(strip):
         strip[snapshot.ORIGINAL] = strip.filepath
         strip[snapshot.ORIG_OFFSETS] = (float(strip.animation_offset_start), float(strip.animation_offset_end))
+        strip[ORIG_STREAM] = int(getattr(strip, "stream_index", 0))
+    if getattr(strip, "stream_index", 0):
+        strip.stream_index = 0  # a result holds one video stream
     retime(strip, path, 0, *cut.timeline)
     strip[snapshot.SRC_START] = int(cut.start_frame)
     strip[snapshot.KEY] = cut.key
@@ -97,8 +101,10 @@ def restore_original(strip) -> None:
     t = snapshot.source_timing(strip)
     lo, hi = t.visible
     offsets = tuple(strip.get(snapshot.ORIG_OFFSETS, (0.0, 0.0)))
+    if strip.get(ORIG_STREAM):
+        strip.stream_index = int(strip[ORIG_STREAM])
     retime(strip, strip[snapshot.ORIGINAL], tl.source_frame(t, lo), lo, hi, offsets)
-    for prop in (snapshot.ORIGINAL, snapshot.ORIG_OFFSETS, snapshot.SRC_START, snapshot.KEY):
+    for prop in (snapshot.ORIGINAL, snapshot.ORIG_OFFSETS, snapshot.SRC_START, snapshot.KEY, ORIG_STREAM):
         if prop in strip:
             del strip[prop]
 

@@ -99,8 +99,7 @@ class JobSteps:
     def _run_detect(self) -> Outcome:
         """Face / no-face segments of every cut, in one worker."""
         snap = self.snap
-        self._stage("checking the engine Python")
-        worker_client.check_python(snap.python)
+        worker_client.require_python_file(snap.python)
         self._check_cancel()
         result = self._work(edit_plan.detect_job(snap))
         answers = result.get("clips")
@@ -120,8 +119,7 @@ class JobSteps:
         todo = edit_plan.to_do(cuts)
         made: dict = {}
         if todo:
-            self._stage("checking the engine Python")
-            worker_client.check_python(snap.python)
+            worker_client.require_python_file(snap.python)  # the worker itself says when torch is missing
             self._check_cancel()
             made_out_dir = not os.path.isdir(snap.out_dir)
             try:
@@ -173,5 +171,7 @@ class JobSteps:
             raise _Stop(Outcome("cancelled", "Cancelled; the timeline was not changed."))
         if res.kind == "error":
             msg = res.event.get("message") or "The engine failed without a message."
+            if worker_client.is_import_failure(str(msg), res.stderr_tail):
+                msg = worker_client.no_engine_message(self.snap.python, str(msg), res.stderr_tail)
             raise _Stop(Outcome("error", msg))
         return res.event

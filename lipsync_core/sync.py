@@ -571,7 +571,9 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
     clock = StageClock()
     _check_encoding(opts)
     _check_checkpoint(checkpoint)
+    progress.start("checking the inputs", len(clips))  # the first event: the press sees the engine is up
     infos: dict[str, object] = {}
+    sounds: set[str] = set()
     for c in clips:
         video = str(c.get("video") or "")
         if not video or not os.path.isfile(video):
@@ -580,8 +582,12 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
             infos[video] = probe(video)
         _check_range(infos[video], int(c["start_frame"]), int(c["end_frame"]))
         for part in c.get("dub") or []:
-            probe_audio(str(part["file"]))
+            if str(part["file"]) not in sounds:  # a dub file serves many clips: read its header once
+                probe_audio(str(part["file"]))
+                sounds.add(str(part["file"]))
         _check_output(c["output"], [video, checkpoint] + [str(p["file"]) for p in c.get("dub") or []])
+        progress.advance("checking the inputs")
+    progress.start("loading the model", None)
     renderer = ClipRenderer(checkpoint, opts, progress)
     tracks: dict[str, object] = {}
     boxes_of: dict[str, np.ndarray] = {}
