@@ -28,6 +28,7 @@ class DubRef:
     path: str  # absolute
     timing: Timing
     volume: float
+    volumes: tuple[float, ...] = ()  # keyframed: the volume at each frame of the visible range
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,16 @@ def dub_parts(cut: CutRef, dubs: tuple[DubRef, ...], fps: float) -> tuple[list[d
     parts, ranges = [], []
     for d in dubs:
         rng = tl.intersect((lo, hi), d.timing.visible)
-        if rng is None or d.volume == 0:
+        if rng is None or (d.volume == 0 and not d.volumes):
             continue
         a, b = rng
+        first = d.timing.visible[0]
+        volume = ([round(float(v), 6) for v in d.volumes[a - first : b - first]] if d.volumes
+                  else round(float(d.volume), 6))
+        if d.volumes and not any(volume):
+            continue  # faded out over the whole cut
         parts.append({"file": d.path, "from": round(tl.sound_seconds(d.timing, a, fps), 6),
-                      "at": round((a - lo) / fps, 6), "seconds": round((b - a) / fps, 6),
-                      "volume": round(float(d.volume), 6)})
+                      "at": round((a - lo) / fps, 6), "seconds": round((b - a) / fps, 6), "volume": volume})
         ranges.append(rng)
     return parts, merge_ranges(ranges)
 

@@ -48,6 +48,7 @@ class JobSteps:
         self._worker: worker_client.WorkerProcess | None = None
         self._lock = threading.Lock()
         self.job_dir: Path | None = None
+        self._made_out_dir = False  # the results folder was made by this job (removed again if left empty)
 
     def cancel(self) -> None:
         with self._lock:
@@ -85,7 +86,7 @@ class JobSteps:
         """Remove this job's folder and whatever the engine left in it."""
         if self.job_dir is not None and self.job_dir.exists():
             shutil.rmtree(self.job_dir, ignore_errors=True)
-            if getattr(self, "_made_out_dir", False):
+            if self._made_out_dir:
                 try:
                     self.job_dir.parent.rmdir()  # the results folder, when this job made it and it is still empty
                 except OSError:
@@ -126,7 +127,7 @@ class JobSteps:
                 os.makedirs(snap.out_dir, exist_ok=True)
                 job_dir = Path(tempfile.mkdtemp(prefix=".job-", dir=snap.out_dir))
             except OSError as exc:
-                raise PlanError(f"Cannot write the results to {job_dir.parent}: {exc.strerror}. Save the .blend in "
+                raise PlanError(f"Cannot write the results to {snap.out_dir}: {exc.strerror}. Save the .blend in "
                                 "a folder you can write to (results go to its lipsync/ folder).") from exc
             self.job_dir = job_dir  # ours: removed when the job ends, whatever happens
             self._made_out_dir = made_out_dir

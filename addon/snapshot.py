@@ -192,19 +192,28 @@ def selected_dubs(scene, settings, cuts) -> dict:
     return out
 
 
-def animated(scene, strip, prop: str) -> bool:
-    """True when `prop` of `strip` has keyframes (5.0 layered actions: layers -> strips -> channelbags)."""
+def fcurve(scene, strip, prop: str):
+    """The F-curve animating `prop` of `strip`, or None (5.0 layered actions: layers -> strips -> channelbags;
+    4.x: action.fcurves)."""
     ad = scene.animation_data
     action = ad.action if ad is not None else None
     if action is None:
-        return False
+        return None
     path = f'sequence_editor.strips_all["{strip.name}"].{prop}'
     fcurves = list(getattr(action, "fcurves", None) or [])
     for layer in getattr(action, "layers", ()):
         for st in layer.strips:
             for bag in getattr(st, "channelbags", ()):
                 fcurves += list(bag.fcurves)
-    return any(f.data_path == path for f in fcurves)
+    return next((f for f in fcurves if f.data_path == path), None)
+
+
+def volume_per_frame(scene, strip) -> tuple[float, ...]:
+    """A sound strip's keyframed volume at each frame of its visible range; () when it is not keyframed."""
+    curve = fcurve(scene, strip, "volume")
+    if curve is None:
+        return ()
+    return tuple(max(0.0, float(curve.evaluate(f))) for f in range(strip.frame_final_start, strip.frame_final_end))
 
 
 def retimed(strip) -> bool:
@@ -239,9 +248,6 @@ def strip_problems(scene, strip, fps: float, command: str = "sync") -> list[str]
     if retimed(strip):
         out.append(f"'{strip.name}': its speed is changed (retiming keys); Lip Sync needs it at normal speed: "
                    "Strip > Retiming > Reset, or leave it out")
-    if strip.type == "SOUND" and animated(scene, strip, "volume"):
-        out.append(f"'{strip.name}': its volume is keyframed, which the engine does not follow; remove the keys "
-                   "(or split the strip and set each part's volume)")
     return out
 
 
@@ -288,8 +294,8 @@ def take_edit(context, command: str = "sync") -> EditSnapshot:
         lo, hi = t.visible
         cut_refs.append(CutRef(c.name, source_path(c), t, float(getattr(c, "fps", 0.0) or fps), strip_path(c),
                                tuple(tl.markers_in_range(markers, lo, hi))))
-    dub_refs = {c.name: tuple(DubRef(d.name, strip_path(d), timing(d), float(d.volume)) for d in dubs[c.name])
-                for c in cuts}
+    dub_refs = {c.name: tuple(DubRef(d.name, strip_path(d), timing(d), float(d.volume), volume_per_frame(scene, d))
+                              for d in dubs[c.name]) for c in cuts}
     return EditSnapshot(
         scene=scene.name, fps=fps, cuts=tuple(cut_refs), dubs=dub_refs, segment_source=settings.segment_source,
         blend=settings.blend_mode, pads=tuple(int(v) for v in settings.pads), python=python,

@@ -503,9 +503,21 @@ class _CutProgress(Progress):
         self.inner.log(self.prefix + message)
 
 
+def _gain(volume, n: int) -> np.ndarray | float:
+    """A part's volume: one number, or one per video frame of the part (keyframed), linear in between."""
+    if not isinstance(volume, list | tuple):
+        return float(volume)
+    v = np.asarray(volume, np.float32)
+    if len(v) == 1 or n == 0:
+        return float(v[0]) if len(v) else 1.0
+    pos = np.arange(n, dtype=np.float64) * len(v) / n  # sample -> frame position
+    return np.interp(pos, np.arange(len(v)), v).astype(np.float32)
+
+
 def mix_dub(parts: list[dict], seconds: float, sr: int = A.SAMPLE_RATE) -> np.ndarray:
     """What plays under a cut: each part {"file", "from" (seconds in the file), "at" (seconds into the cut),
-    "seconds", "volume"} decoded at `sr` mono, scaled and summed into `seconds` of silence."""
+    "seconds", "volume" (a number, or one per video frame of the part)} decoded at `sr` mono, scaled and summed
+    into `seconds` of silence."""
     n = int(round(seconds * sr))
     mix = np.zeros(n, np.float32)
     for p in parts:
@@ -514,9 +526,12 @@ def mix_dub(parts: list[dict], seconds: float, sr: int = A.SAMPLE_RATE) -> np.nd
             continue
         dur = min(float(p["seconds"]), (n - at) / sr)
         wav = A.load_audio(str(p["file"]), sr=sr, offset=float(p.get("from", 0.0)), duration=dur)
+        full = int(round(float(p["seconds"]) * sr))  # the envelope spans the whole part, even if cut short here
+        gain = _gain(p.get("volume", 1.0), full)
+        wav = wav * (gain[: len(wav)] if isinstance(gain, np.ndarray) else gain)
         lo = max(at, 0)
         wav = wav[lo - at : lo - at + n - lo]
-        mix[lo : lo + len(wav)] += float(p.get("volume", 1.0)) * wav
+        mix[lo : lo + len(wav)] += wav
     return mix
 
 

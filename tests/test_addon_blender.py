@@ -479,3 +479,16 @@ def test_odd_sized_movie_is_listed_as_a_problem(configured, made_media, tmp_path
     scene.sequence_editor.active_strip = coll.new_movie("odd", str(src), 1, 1)
     coll.new_sound("speech", str(made_media / "speech.wav"), 2, 1)
     _refused(bpy.ops.lipsync.sync, "'odd': its picture is 321x241", scene)
+
+
+def test_keyframed_dub_volume_is_sampled_per_frame(lipsync_addon, made_media):
+    snapshot = be.submodule("snapshot")
+    scene = be.new_scene("Fade")
+    _, _, speech = be.add_edit(scene, made_media)
+    assert snapshot.volume_per_frame(scene, speech) == ()
+    speech.volume = 0.0
+    speech.keyframe_insert("volume", frame=1)
+    speech.volume = 1.0
+    speech.keyframe_insert("volume", frame=11)
+    vols = snapshot.volume_per_frame(scene, speech)
+    assert len(vols) == speech.frame_final_duration and vols[0] == 0.0 and vols[10] == 1.0 and 0 < vols[5] < 1

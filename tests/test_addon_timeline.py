@@ -114,6 +114,11 @@ def test_edit_plan_mixes_several_dub_strips(tmp_path):
     assert [(d["from"], d["at"], d["seconds"], d["volume"]) for d in cut.dub] == [
         (19 / 25, 14 / 25, 30 / 25, 0.5), (-0.1, 34 / 25, 71 / 25, 1.0)]
     assert cut.dub_ranges == ((20, 111),)  # overlapping strips: one range to mute and sync
+    # a keyframed volume: one value per frame of the part; a strip faded out over the whole cut is no dub
+    fade = DubRef("a", a.path, a.timing, 0.5, tuple(k / 100 for k in range(20, 50)))  # frames 20-49
+    silent = DubRef("b", b.path, b.timing, 1.0, (0.0,) * 260)
+    (cut,) = edit_plan.plan_cuts(_edit(tmp_path, dubs=(fade, silent)))
+    assert len(cut.dub) == 1 and cut.dub[0]["volume"] == [k / 100 for k in range(20, 50)]
 
 
 def test_edit_keys_follow_every_input(tmp_path):

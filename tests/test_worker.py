@@ -169,3 +169,16 @@ def test_segments_of_several_ranges_in_one_process(work, tmp_path):
     assert rows == [[(0, 30, True), (30, 45, False)], [(35, 50, False), (50, 80, True)]]
     assert "cut 2 of 2: detect" in {e.get("stage") for e in ev if e["event"] == "progress"} or any(
         "cut 2 of 2" in e.get("message", "") for e in ev if e["event"] == "log")
+
+
+def test_mix_dub_follows_a_keyframed_volume(tmp_path):
+    from lipsync_core.audio import load_audio
+    from lipsync_core.sync import mix_dub
+
+    wav = sample_media.tone_wav(tmp_path / "t.wav", 1.0, 200)
+    # 10 frames at 25 fps: volume 0 at the first frame rising to 1 at the last, linear in between
+    mix = mix_dub([{"file": str(wav), "from": 0.0, "at": 0.0, "seconds": 0.4,
+                    "volume": [k / 9 for k in range(10)]}], 0.4)
+    src = load_audio(str(wav))[:6400]
+    gain = np.interp(np.arange(6400) * 10 / 6400, np.arange(10), [k / 9 for k in range(10)])
+    np.testing.assert_allclose(mix, gain * src, atol=2e-3)
