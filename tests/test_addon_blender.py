@@ -492,3 +492,12 @@ def test_keyframed_dub_volume_is_sampled_per_frame(lipsync_addon, made_media):
     speech.keyframe_insert("volume", frame=11)
     vols = snapshot.volume_per_frame(scene, speech)
     assert len(vols) == speech.frame_final_duration and vols[0] == 0.0 and vols[10] == 1.0 and 0 < vols[5] < 1
+
+
+def test_progress_counts_the_whole_press(lipsync_addon):
+    jobs = be.submodule("jobs")
+    job = jobs.Job.__new__(jobs.Job)  # only the progress fields: no thread, no steps
+    job.stage, job.done, job.total = "cut 3 of 4: sync", 50, 100
+    assert job.fraction == 0.625 and job.status_line == "cut 3 of 4: sync 50/100"
+    job.stage = "checking the edit"
+    assert job.fraction == 0.5
