@@ -5,7 +5,7 @@
     python build.py test [ARGS]  setup, then the whole test suite (ARGS go to pytest)
     python build.py demo         render a lip-synced edit from Blender into out/ (see README)
     python build.py extension [--output-dir DIR]   build the Blender extension zip
-    python build.py bench [--quick] [--device cpu|cuda]   speed/memory benchmark, saved as JSON
+    python build.py bench [--quick] [--edit] [--device cpu|cuda]   speed/memory benchmark, saved as JSON
 
 Runs with any Python 3.11; everything heavy happens inside .venv.
 """

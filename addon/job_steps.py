@@ -1,4 +1,4 @@
-"""The steps of one job (check Python, detect, sync), blocking, on plain data only.
+"""The steps of one job (check Python, detect, or sync the edit), blocking, on plain data only.
 
 Runs on a job thread in the interface and inline in background mode; never touches bpy. Everything it writes
 goes into one fresh job folder, removed again when the job is cancelled or fails.
@@ -6,27 +6,28 @@ goes into one fresh job folder, removed again when the job is cancelled or fails
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import plan, worker_client
-from . import timeline as tl
-from .plan import Clip, PlanError, Snapshot
-from .timeline import TimelineSegment
+from . import edit_plan, worker_client
+from .edit_plan import CutPlan, EditSnapshot
+from .plan import PlanError
 
 
 @dataclass
 class Outcome:
     status: str  # 'done' | 'error' | 'cancelled'
     message: str = ""
-    segments: list[TimelineSegment] = field(default_factory=list)
-    markers: list[tuple[int, str]] | None = None  # to place, replacing ours inside the strip; None: keep
-    clips: list[Clip] = field(default_factory=list)
-    job_dir: str | None = None
+    detected: dict = field(default_factory=dict)  # detect: cut name -> its TimelineSegments
+    cuts: list[CutPlan] = field(default_factory=list)  # the edit: every cut's plan
+    made: dict = field(default_factory=dict)  # cut name -> the engine's clip result, for the cuts made now
 
 
 class _Stop(Exception):
@@ -36,9 +37,9 @@ class _Stop(Exception):
 
 
 class JobSteps:
-    """command 'detect' (markers only) or 'sync' (segments, then lip-synced clips)."""
+    """command 'detect' (markers for every cut) or 'sync' (the whole edit), each in one worker."""
 
-    def __init__(self, snap: Snapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, snap: EditSnapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
         assert command in ("detect", "sync")
         self.snap = snap
         self.command = command
@@ -47,6 +48,7 @@ class JobSteps:
         self._worker: worker_client.WorkerProcess | None = None
         self._lock = threading.Lock()
         self.job_dir: Path | None = None
+        self._made_out_dir = False  # the results folder was made by this job (removed again if left empty)
 
     def cancel(self) -> None:
         with self._lock:
@@ -84,48 +86,68 @@ class JobSteps:
         """Remove this job's folder and whatever the engine left in it."""
         if self.job_dir is not None and self.job_dir.exists():
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            if self._made_out_dir:
+                try:
+                    self.job_dir.parent.rmdir()  # the results folder, when this job made it and it is still empty
+                except OSError:
+                    pass
 
     # -- steps
 
     def _run(self) -> Outcome:
+        return self._run_edit() if self.command == "sync" else self._run_detect()
+
+    def _run_detect(self) -> Outcome:
+        """Face / no-face segments of every cut, in one worker."""
         snap = self.snap
-        self._stage("checking the engine Python")
-        worker_client.check_python(snap.python)
+        worker_client.require_python_file(snap.python)
         self._check_cancel()
+        result = self._work(edit_plan.detect_job(snap))
+        answers = result.get("clips")
+        if not isinstance(answers, list) or len(answers) != len(snap.cuts):
+            raise PlanError("The engine's answer has no segments for every strip; engine and add-on do not match, "
+                            "reinstall the add-on.")
+        detected = {c.name: edit_plan.detected_segments(c, a) for c, a in zip(snap.cuts, answers)}
+        if not any(s.face for segs in detected.values() for s in segs):
+            raise PlanError(edit_plan.no_face_message(list(snap.cuts)))
+        return Outcome("done", detected=detected)
 
-        markers = None
-        if self.command == "detect" or plan.needs_detection(snap):
-            result = self._work(plan.segments_job(snap))
-            detected = plan.detected_segments(snap, result)
-            if not any(s.face for s in detected):
-                raise PlanError(plan.no_face_message(snap))
-            if self.command == "detect" or snap.segment_source == "AUTO":
-                segments = detected
-                markers = tl.markers_for_segments(detected)
-            else:  # markers placed by hand: detection says which of them show a face
-                faces = [(s.start, s.end) for s in detected if s.face]
-                segments = tl.label_segments(plan.marker_segments(snap), faces)
-        elif snap.segment_source == "STRIP":
-            segments = [TimelineSegment(*snap.video.timing.visible, True)]
-        else:
-            segments = plan.marker_segments(snap)
-
-        if self.command == "detect":
-            return Outcome("done", segments=segments, markers=markers)
-
-        job_dir = plan.new_job_dir(snap)
-        clips = plan.sync_clips(snap, segments, job_dir)
-        try:
-            job_dir.mkdir(parents=True)
-        except OSError as exc:
-            raise PlanError(f"Cannot write the results to {job_dir.parent}: {exc.strerror}. Save the .blend in a "
-                            "folder you can write to (results go to its lipsync/ folder).") from exc
-        self.job_dir = job_dir  # ours from here on: removed again if the job does not finish
-        self._work(plan.sync_job(snap, clips))
-        missing = plan.missing_outputs(clips)
-        if missing:
-            raise PlanError(f"The engine finished but did not write {missing[0]}; the timeline was not changed.")
-        return Outcome("done", segments=segments, markers=markers, clips=clips, job_dir=str(self.job_dir))
+    def _run_edit(self) -> Outcome:
+        """The whole edit in one worker: only the cuts without a result file for their key are made."""
+        snap = self.snap
+        self._stage("checking the edit")
+        cuts = edit_plan.plan_cuts(snap)
+        todo = edit_plan.to_do(cuts)
+        made: dict = {}
+        if todo:
+            worker_client.require_python_file(snap.python)  # the worker itself says when torch is missing
+            self._check_cancel()
+            made_out_dir = not os.path.isdir(snap.out_dir)
+            try:
+                os.makedirs(snap.out_dir, exist_ok=True)
+                job_dir = Path(tempfile.mkdtemp(prefix=".job-", dir=snap.out_dir))
+            except OSError as exc:
+                raise PlanError(f"Cannot write the results to {snap.out_dir}: {exc.strerror}. Save the .blend in "
+                                "a folder you can write to (results go to its lipsync/ folder).") from exc
+            self.job_dir = job_dir  # ours: removed when the job ends, whatever happens
+            self._made_out_dir = made_out_dir
+            outputs = [str(job_dir / Path(c.output).name) for c in todo]
+            result = self._work(edit_plan.edit_job(snap, todo, outputs))
+            rows = result.get("clips") or []
+            missing = [o for o in outputs if not os.path.isfile(o)]
+            if missing or len(rows) != len(todo):
+                raise PlanError(f"The engine finished but did not write {missing[0] if missing else 'every cut'}; "
+                                "the timeline was not changed.")
+            self._check_cancel()
+            for c, out, row in zip(todo, outputs, rows):  # a finished result gets its final, keyed name
+                with open(out + ".json", "w", encoding="utf-8") as fh:
+                    json.dump({"key": c.key, "clip": {**row, "output": c.output}}, fh)
+                os.replace(out + ".json", c.output + ".json")
+                os.replace(out, c.output)
+                made[c.cut] = row
+            self.discard()
+            self.job_dir = None
+        return Outcome("done", cuts=cuts, made=made)
 
     def _stage(self, text: str) -> None:
         self.emit({"event": "progress", "stage": text, "done": 0, "total": None})
@@ -150,5 +172,7 @@ class JobSteps:
             raise _Stop(Outcome("cancelled", "Cancelled; the timeline was not changed."))
         if res.kind == "error":
             msg = res.event.get("message") or "The engine failed without a message."
+            if worker_client.is_import_failure(str(msg), res.stderr_tail):
+                msg = worker_client.no_engine_message(self.snap.python, str(msg), res.stderr_tail)
             raise _Stop(Outcome("error", msg))
         return res.event

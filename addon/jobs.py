@@ -8,6 +8,7 @@ the job (its results would belong to the closed file).
 from __future__ import annotations
 
 import queue
+import re
 import threading
 
 import bpy
@@ -61,9 +62,13 @@ class Job:
 
     @property
     def fraction(self) -> float:
-        if not self.total:
-            return 0.0
-        return max(0.0, min(1.0, self.done / self.total))
+        """Of the whole press: a stage "cut 3 of 12: ..." counts the cuts before it as done."""
+        part = max(0.0, min(1.0, self.done / self.total)) if self.total else 0.0
+        m = re.match(r"cut (\d+) of (\d+)", self.stage)
+        if m:
+            i, n = int(m.group(1)), int(m.group(2))
+            return max(0.0, min(1.0, (i - 1 + part) / max(n, 1)))
+        return part
 
     @property
     def status_line(self) -> str:

@@ -1,4 +1,4 @@
-"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel.
+"""Operators: lipsync.detect_segments, lipsync.sync, lipsync.cancel, lipsync.restore_original.
 
 In the interface a job runs modal: the worker in a subprocess, a thread that only queues its events, and a
 timer in the modal that applies them here on the main thread. From scripts (EXEC) and in background mode the
@@ -10,18 +10,19 @@ from __future__ import annotations
 import bpy
 
 from . import apply, compat, jobs, snapshot
+from .edit_plan import plan_cuts
 from .job_steps import JobSteps, Outcome
 from .modal import BlockingOrModal
-from .plan import PlanError, precheck
+from .plan import PlanError
 
 TIMER_S = 0.1
 
 
 def prepare(context, command: str):
     """Snapshot + cheap checks on the main thread; raises PlanError."""
-    snap = snapshot.take(context, command)
+    snap = snapshot.take_edit(context, command)
     if command == "sync":
-        precheck(snap)
+        plan_cuts(snap)  # every cut's problems, listed together, before anything starts
     return snap
 
 
@@ -53,7 +54,10 @@ def conclude(context, job_or_steps, outcome: Outcome) -> tuple[set, str, str]:
                                    "changed.")
     if outcome.status == "done":
         try:
-            summary = apply.apply_outcome(scene, snap, outcome, snap.relative_paths)
+            if steps.command == "sync":
+                summary = apply.apply_edit(scene, snap, outcome)
+            else:
+                summary = apply.apply_detect(scene, snap, outcome)
             result, level, msg = {"FINISHED"}, "INFO", f"Lip Sync: {summary}"
         except PlanError as exc:  # refused before any change: its files are of no use
             steps.discard()
@@ -165,7 +169,7 @@ class _JobOperator(BlockingOrModal):
 
 
 class LIPSYNC_OT_detect_segments(_JobOperator, bpy.types.Operator):
-    """Find where the video strip shows a face and mark each face / no-face segment with timeline markers"""
+    """Find where the selected movie strips show a face and mark each face / no-face segment with timeline markers"""
 
     bl_idname = "lipsync.detect_segments"
     bl_label = "Detect Segments"
@@ -174,7 +178,8 @@ class LIPSYNC_OT_detect_segments(_JobOperator, bpy.types.Operator):
 
 
 class LIPSYNC_OT_sync(_JobOperator, bpy.types.Operator):
-    """Lip-sync the video strip's face segments to the audio strip; results go on a channel above the video"""
+    """Lip-sync every selected movie strip to the selected dub sound strips over it; each strip then shows its
+    result file (only cuts whose inputs changed are made again)"""
 
     bl_idname = "lipsync.sync"
     bl_label = "Lip Sync"
@@ -199,7 +204,34 @@ class LIPSYNC_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (LIPSYNC_OT_detect_segments, LIPSYNC_OT_sync, LIPSYNC_OT_cancel)
+class LIPSYNC_OT_restore_original(bpy.types.Operator):
+    """Show the original file again in the selected strips that show a lip-synced result, and unmute the sound
+    Lip Sync muted for them (result files stay on disk: a new Lip Sync with the same inputs reuses them)"""
+
+    bl_idname = "lipsync.restore_original"
+    bl_label = "Restore Original"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return not jobs.busy() and compat.edit_scene(context) is not None
+
+    def execute(self, context):
+        scene = compat.edit_scene(context)
+        strips = [s for s in snapshot.top_strips(scene) if s.select and snapshot.shows_result(s)]
+        if not strips:
+            self.report({"ERROR"}, "Select the strips that show a lip-synced result to restore their original.")
+            return {"CANCELLED"}
+        for strip in strips:
+            for s in apply.muted_for(scene, strip.name):
+                s.mute = False
+                del s[apply.MUTED_FOR]
+            apply.restore_original(strip)
+        self.report({"INFO"}, f"Lip Sync: {len(strips)} strip(s) show their original again")
+        return {"FINISHED"}
+
+
+classes = (LIPSYNC_OT_detect_segments, LIPSYNC_OT_sync, LIPSYNC_OT_cancel, LIPSYNC_OT_restore_original)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

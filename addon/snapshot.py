@@ -1,4 +1,4 @@
-"""Read the timeline on the main thread into plain data (plan.Snapshot), checking the editor's choices.
+"""Read the timeline on the main thread into plain data (edit_plan.EditSnapshot), checking the editor's choices.
 
 Every refusal is a PlanError whose message says what to do.
 """
@@ -12,7 +12,14 @@ import bpy
 
 from . import compat, prefs, worker_client
 from . import timeline as tl
-from .plan import PlanError, Snapshot, StripRef
+from .edit_plan import CutRef, DubRef, EditSnapshot, problem_report
+from .plan import PlanError
+
+# On a movie strip that shows a Lip Sync result (its media swapped, see apply.show_result):
+ORIGINAL = "lipsync_original"  # the source file's path as the strip held it
+SRC_START = "lipsync_src_start"  # the source frame of the result's first frame
+ORIG_OFFSETS = "lipsync_orig_offsets"  # the strip's animation offsets (start, end) on the source
+KEY = "lipsync_key"  # the content key of the result it shows
 
 
 def abspath(path: str, library=None) -> str:
@@ -24,6 +31,28 @@ def strip_path(strip) -> str:
         snd = strip.sound
         return abspath(snd.filepath, snd.library) if snd is not None else ""
     return abspath(getattr(strip, "filepath", ""))
+
+
+def shows_result(strip) -> bool:
+    return strip.type == "MOVIE" and bool(strip.get(ORIGINAL))
+
+
+def source_path(strip) -> str:
+    """The file a movie strip cuts from: its original even while it shows a Lip Sync result."""
+    return abspath(strip[ORIGINAL]) if shows_result(strip) else strip_path(strip)
+
+
+def source_timing(strip) -> tl.Timing:
+    """The strip's timing on its source file. For a strip showing a result, the timing it would have with the
+    original back (the result's frame 0 is source frame SRC_START; the original's animation offset comes back),
+    so moves and trims made since are followed."""
+    t = timing(strip)
+    if not shows_result(strip):
+        return t
+    aos = float(strip.get(ORIG_OFFSETS, (0, 0))[0])
+    start = t.frame_start - t.animation_offset_start - int(strip[SRC_START]) + aos
+    return tl.Timing(frame_start=start, final_start=t.final_start, final_end=t.final_end,
+                     animation_offset_start=aos)
 
 
 def timing(strip) -> tl.Timing:
@@ -48,8 +77,8 @@ def find_strip(scene, name: str):
 def is_own_sound(sound_strip, movie) -> bool:
     """A movie's own sound strip: same file, placed together (the same content start)."""
     return (sound_strip.type == "SOUND" and movie is not None and movie.type == "MOVIE"
-            and strip_path(sound_strip) == strip_path(movie)
-            and abs(float(sound_strip.frame_start) - float(movie.frame_start)) < 0.5)
+            and strip_path(sound_strip) == source_path(movie)
+            and abs(float(sound_strip.frame_start) - source_timing(movie).frame_start) < 0.5)
 
 
 def own_sound_strips(scene, movie) -> list:
@@ -117,23 +146,6 @@ def resolve_audio(scene, settings, video):
     return strip
 
 
-def check_file(strip, path: str) -> None:
-    if not path or not os.path.isfile(path):
-        raise PlanError(f"The file of strip '{strip.name}' is missing: {path or '(no path)'}. Relink it "
-                        "(Sidebar > Strip > Source) or pick another strip.")
-
-
-def check_fps(strip, fps: float) -> None:
-    movie_fps = float(getattr(strip, "fps", 0.0) or 0.0)
-    if movie_fps > 0 and not tl.fps_matches(movie_fps, fps):
-        raise PlanError(f"'{strip.name}' runs at {movie_fps:.3f} fps but the scene at {fps:.3f} fps. Set the scene "
-                        "frame rate to the movie's (Properties > Output > Frame Rate) or conform the clip.")
-
-
-def ref(strip, fps: float | None = None) -> StripRef:
-    return StripRef(strip.name, strip.type, strip_path(strip), int(strip.channel), timing(strip), fps)
-
-
 def output_dir() -> tuple[str, bool]:
     """(folder, relative): beside the saved .blend as //lipsync/, else the extension's cache folder."""
     if bpy.data.filepath:
@@ -141,43 +153,153 @@ def output_dir() -> tuple[str, bool]:
     return str(Path(prefs.user_dir()) / "results"), False
 
 
-def take(context, command: str) -> Snapshot:
-    """Snapshot for 'detect' or 'sync'; raises PlanError for anything the editor must fix first."""
+# -- the edit: every selected cut, the dub over each
+
+
+def selected_cuts(scene, settings) -> list:
+    """The cuts to sync: Video when it names a strip, else every selected movie strip (never an old-style
+    result strip), else the active movie strip."""
+    if settings.video_strip:
+        return [resolve_video(scene, settings)]
+    cuts = [s for s in top_strips(scene) if s.type == "MOVIE" and s.select and not is_result(s)]
+    if cuts:
+        return sorted(cuts, key=lambda s: (s.frame_final_start, s.channel))
+    video = default_video(scene)
+    if video is None:
+        raise PlanError("No video strip chosen: select the movie strips to lip-sync (or make one active), or pick "
+                        "one in the Sequencer sidebar > Lip Sync > Video.")
+    return [video]
+
+
+def is_any_own_sound(strip, movies) -> bool:
+    return any(is_own_sound(strip, m) for m in movies)
+
+
+def selected_dubs(scene, settings, cuts) -> dict:
+    """cut name -> the dub strips that may play under it. Audio when it names a strip; else the selected sound
+    strips that are no movie's own sound; else, per cut, the sound strip under it that today's rule picks."""
+    if settings.audio_strip:
+        strip = resolve_audio(scene, settings, cuts[0])
+        return {c.name: [strip] for c in cuts}
+    movies = [s for s in top_strips(scene) if s.type == "MOVIE"]
+    chosen = [s for s in top_strips(scene) if s.type == "SOUND" and s.select and not is_any_own_sound(s, movies)]
+    if chosen:
+        return {c.name: chosen for c in cuts}
+    out = {}
+    for c in cuts:
+        strip = default_audio(scene, c)
+        out[c.name] = [strip] if strip is not None and not is_any_own_sound(strip, movies) else []
+    return out
+
+
+def fcurve(scene, strip, prop: str):
+    """The F-curve animating `prop` of `strip`, or None (5.0 layered actions: layers -> strips -> channelbags;
+    4.x: action.fcurves)."""
+    ad = scene.animation_data
+    action = ad.action if ad is not None else None
+    if action is None:
+        return None
+    path = f'sequence_editor.strips_all["{strip.name}"].{prop}'
+    fcurves = list(getattr(action, "fcurves", None) or [])
+    for layer in getattr(action, "layers", ()):
+        for st in layer.strips:
+            for bag in getattr(st, "channelbags", ()):
+                fcurves += list(bag.fcurves)
+    return next((f for f in fcurves if f.data_path == path), None)
+
+
+def volume_per_frame(scene, strip) -> tuple[float, ...]:
+    """A sound strip's keyframed volume at each frame of its visible range; () when it is not keyframed."""
+    curve = fcurve(scene, strip, "volume")
+    if curve is None:
+        return ()
+    return tuple(max(0.0, float(curve.evaluate(f))) for f in range(strip.frame_final_start, strip.frame_final_end))
+
+
+def retimed(strip) -> bool:
+    return len(getattr(strip, "retiming_keys", ())) > 0
+
+
+def _movie_size(strip) -> tuple[int, int] | None:
+    elements = getattr(strip, "elements", None)
+    if not elements:
+        return None
+    w, h = int(elements[0].orig_width), int(elements[0].orig_height)
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def strip_problems(scene, strip, fps: float, command: str = "sync") -> list[str]:
+    """What keeps a cut or a dub strip from being synced exactly, one line each naming the strip."""
+    out = []
+    path = source_path(strip) if strip.type == "MOVIE" else strip_path(strip)
+    if not path or not os.path.isfile(path):
+        out.append(f"'{strip.name}': its file is missing: {path or '(no path)'}; relink it (Sidebar > Strip > "
+                   "Source)")
+    if strip.type == "MOVIE":
+        movie_fps = float(getattr(strip, "fps", 0.0) or 0.0)
+        if movie_fps > 0 and not tl.fps_matches(movie_fps, fps) and not shows_result(strip):
+            out.append(f"'{strip.name}': runs at {movie_fps:.3f} fps but the scene at {fps:.3f} fps; set the scene "
+                       "frame rate to the movie's (Properties > Output > Frame Rate) or conform the clip")
+    size = _movie_size(strip) if strip.type == "MOVIE" and not shows_result(strip) and command == "sync" else None
+    if size is not None and (size[0] % 2 or size[1] % 2):
+        out.append(f"'{strip.name}': its picture is {size[0]}x{size[1]}; the result would need an extra pixel "
+                   "row or column (H.264 holds only even sizes) and would not line up exactly; conform the clip "
+                   "to an even size")
+    if retimed(strip):
+        out.append(f"'{strip.name}': its speed is changed (retiming keys); Lip Sync needs it at normal speed: "
+                   "Strip > Retiming > Reset, or leave it out")
+    return out
+
+
+def take_edit(context, command: str = "sync") -> EditSnapshot:
+    """The edit to sync (or detect): every selected cut with the dub over it; every problem in one PlanError."""
     scene = compat.edit_scene(context)
     settings = scene.lipsync
     p = prefs.get(context)
     if scene.sequence_editor is None:
         raise PlanError("This scene has no strips: add the video and the new audio in the Video Sequencer.")
     fps = tl.scene_fps(scene.render.fps, scene.render.fps_base)
-    video = resolve_video(scene, settings)
-    check_file(video, strip_path(video))
-    check_fps(video, fps)
-    audio = None
-    checkpoint = ""
-    if command == "sync":
-        audio = resolve_audio(scene, settings, video)
-        check_file(audio, strip_path(audio))
-        checkpoint = abspath(p.checkpoint_path) if p is not None else ""
-        if not checkpoint:
-            raise PlanError("No checkpoint: set Preferences > Add-ons > Lip Sync > Checkpoint to a Wav2Lip "
-                            ".pth file (see checkpoints/README.md).")
-        if not os.path.isfile(checkpoint):
-            raise PlanError(f"The checkpoint file is missing: {checkpoint}. Fix Preferences > Add-ons > "
-                            "Lip Sync > Checkpoint.")
+    cuts = selected_cuts(scene, settings)
+    dubs = selected_dubs(scene, settings, cuts) if command == "sync" else {c.name: [] for c in cuts}
+    if command == "sync" and not any(dubs.values()):
+        raise PlanError("No audio strip chosen: add the new dialogue as sound strips under the video and select "
+                        "them (or pick one in the Sequencer sidebar > Lip Sync > Audio).")
+    problems = []
+    checked = set()
+    for c in cuts:
+        for strip in [c, *dubs[c.name]]:
+            if strip.name not in checked:
+                checked.add(strip.name)
+                problems += strip_problems(scene, strip, fps, command)
+    if problems:
+        raise PlanError(problem_report(problems))
+    checkpoint = abspath(p.checkpoint_path) if p is not None else ""
+    if command == "sync" and not checkpoint:
+        raise PlanError("No checkpoint: set Preferences > Add-ons > Lip Sync > Checkpoint to a Wav2Lip "
+                        ".pth file (see checkpoints/README.md).")
+    if command == "sync" and not os.path.isfile(checkpoint):
+        raise PlanError(f"The checkpoint file is missing: {checkpoint}. Fix Preferences > Add-ons > "
+                        "Lip Sync > Checkpoint.")
     python = prefs.engine_python(p)
     if not python:
         raise PlanError("No engine Python: set Preferences > Add-ons > Lip Sync > Python to a Python with torch "
                         "(python build.py setup makes .venv/bin/python in a checkout).")
     if not worker_client.core_dir():
         raise PlanError("lipsync_core is missing from the extension; reinstall the Lip Sync extension.")
-    out_dir, relative = output_dir()  # decided now: saving the .blend during the job must not change it
-    return Snapshot(
-        scene=scene.name, fps=fps, video=ref(video, float(getattr(video, "fps", 0.0) or fps)),
-        audio=ref(audio) if audio is not None else None,
-        markers=tuple((int(m.frame), m.name) for m in scene.timeline_markers),
-        segment_source=settings.segment_source, blend=settings.blend_mode,
-        pads=tuple(int(v) for v in settings.pads), python=python, checkpoint=checkpoint,
-        device=p.device.lower() if p is not None else "auto", out_dir=out_dir, relative_paths=relative,
-        cache_dir=str(Path(prefs.user_dir()) / "cache"),
-        codec=p.result_encoding.lower() if p is not None else "h264",
+    out_dir, relative = output_dir()
+    markers = [(int(m.frame), m.name) for m in scene.timeline_markers]
+    cut_refs = []
+    for c in cuts:
+        t = source_timing(c)
+        lo, hi = t.visible
+        cut_refs.append(CutRef(c.name, source_path(c), t, float(getattr(c, "fps", 0.0) or fps), strip_path(c),
+                               tuple(tl.markers_in_range(markers, lo, hi))))
+    dub_refs = {c.name: tuple(DubRef(d.name, strip_path(d), timing(d), float(d.volume), volume_per_frame(scene, d))
+                              for d in dubs[c.name]) for c in cuts}
+    return EditSnapshot(
+        scene=scene.name, fps=fps, cuts=tuple(cut_refs), dubs=dub_refs, segment_source=settings.segment_source,
+        blend=settings.blend_mode, pads=tuple(int(v) for v in settings.pads), python=python,
+        checkpoint=checkpoint, device=p.device.lower() if p is not None else "auto", out_dir=out_dir,
+        relative_paths=relative, cache_dir=str(Path(prefs.user_dir()) / "cache"),
+        options={"codec": p.result_encoding.lower() if p is not None else "h264"},
     )

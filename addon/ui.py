@@ -29,13 +29,19 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
         col.use_property_decorate = False
         coll = compat.strips_prop_name(se)
         col.prop_search(st, "video_strip", se, coll, icon="FILE_MOVIE")
+        strips = snapshot.top_strips(scene)
+        movies = [s for s in strips if s.type == "MOVIE"]
+        cuts = [s for s in movies if s.select and not snapshot.is_result(s)]
         video = snapshot.find_strip(scene, st.video_strip) if st.video_strip else snapshot.default_video(scene)
         if not st.video_strip:
-            col.label(text=f"Using: {video.name}" if video else "Pick a movie strip or make one active")
+            col.label(text=f"Using: {len(cuts)} selected movie strip(s)" if cuts else
+                      (f"Using: {video.name}" if video else "Select the movie strips to lip-sync"))
         col.prop_search(st, "audio_strip", se, coll, icon="FILE_SOUND")
         if not st.audio_strip:
-            audio = snapshot.default_audio(scene, video)
-            col.label(text=f"Using: {audio.name}" if audio else "Pick the new dialogue's sound strip")
+            dubs = [s for s in strips if s.type == "SOUND" and s.select and not snapshot.is_any_own_sound(s, movies)]
+            audio = snapshot.default_audio(scene, video) if not dubs else None
+            col.label(text=f"Dub: {len(dubs)} selected sound strip(s)" if dubs else
+                      (f"Dub: {audio.name}" if audio else "Select the dub's sound strips"))
         col.separator()
         col.prop(st, "segment_source")
         col.prop(st, "blend_mode")
@@ -47,6 +53,7 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
         row.enabled = job is None
         row.operator("lipsync.detect_segments", icon="VIEWZOOM")
         row.operator("lipsync.sync", icon="PLAY_SOUND")
+        layout.operator("lipsync.restore_original", icon="LOOP_BACK")
         if job is not None:
             box = layout.box()
             if hasattr(box, "progress"):  # UILayout.progress: 4.0+

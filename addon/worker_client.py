@@ -76,16 +76,35 @@ def subprocess_env(cache_dir: str = "") -> dict[str, str]:
 _check_cache: dict[tuple[str, float], dict] = {}
 
 
+def require_python_file(python: str) -> Path:
+    """The engine Python's path; WorkerError when there is no such file (checked without starting it)."""
+    path = Path(python)
+    if not path.is_file():
+        raise WorkerError(f"The engine Python '{python}' does not exist. Set Preferences > Add-ons > Lip Sync > "
+                          "Python to a Python that has torch installed.")
+    return path
+
+
+def is_import_failure(detail: str, stderr_tail: list[str]) -> bool:
+    """The engine could not import what it needs (torch, numpy...): this Python has no engine installed."""
+    return any(k in text for text in [detail, *stderr_tail] for k in ("No module named", "ImportError"))
+
+
+def no_engine_message(python: str, detail: str, stderr_tail: list[str]) -> str:
+    lines = [ln.strip() for ln in (detail.splitlines() + stderr_tail) if ln.strip()]
+    hint = "it has no torch" if "torch" in detail or any("torch" in ln for ln in stderr_tail) else "it failed"
+    last = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "no output")
+    return (f"The engine Python '{python}' cannot import torch ({hint}: {last}). Install the engine there "
+            "(python build.py setup makes .venv) or pick another Python in Preferences > Add-ons > Lip Sync.")
+
+
 def check_python(python: str, timeout: float = 120.0, use_cache: bool = True) -> dict:
     """The worker's `check` command run with `python`: {'torch', 'cuda', 'mps', ...}.
 
     Raises WorkerError that says what to do. Answers are kept per interpreter file (path and mtime): torch's
     first import takes seconds and every job starts with this check.
     """
-    path = Path(python)
-    if not path.is_file():
-        raise WorkerError(f"The engine Python '{python}' does not exist. Set Preferences > Add-ons > Lip Sync > "
-                          "Python to a Python that has torch installed.")
+    path = require_python_file(python)
     key = (str(path), path.stat().st_mtime)
     if use_cache and key in _check_cache:
         return _check_cache[key]
@@ -101,13 +120,7 @@ def check_python(python: str, timeout: float = 120.0, use_cache: bool = True) ->
     if res.kind != "result":
         if timed_out.is_set():
             raise WorkerError(f"Could not run '{python}': it did not answer within {timeout:.0f} s.")
-        detail = str(res.event.get("message") or "")
-        lines = [ln.strip() for ln in (detail.splitlines() + res.stderr_tail) if ln.strip()]
-        hint = "it has no torch" if "torch" in detail or any("torch" in ln for ln in res.stderr_tail) else "it failed"
-        last = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "no output")
-        raise WorkerError(f"The engine Python '{python}' cannot import torch ({hint}: {last}). Install the engine "
-                          "there (python build.py setup makes .venv) or pick another Python in "
-                          "Preferences > Add-ons > Lip Sync.")
+        raise WorkerError(no_engine_message(python, str(res.event.get("message") or ""), res.stderr_tail))
     info = {k: v for k, v in res.event.items() if k != "event"}
     _check_cache[key] = info
     return info

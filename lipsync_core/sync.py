@@ -121,6 +121,21 @@ def find_segments(video: str, opts: SyncOptions | None = None, start_frame: int 
     return out
 
 
+def find_segments_many(clips: list[dict], opts: SyncOptions | None = None, progress: Progress | None = None,
+                       cancel: CancelToken | None = None) -> dict:
+    """`find_segments` for several ranges of several files in one process (each file analysed once, cached):
+    clip {"video", "start_frame", "end_frame"} -> {"clips": [find_segments' answer, ...]}."""
+    progress = progress or Progress()
+    out = []
+    for i, c in enumerate(clips):
+        video = str(c.get("video") or "")
+        if not video or not os.path.isfile(video):
+            raise LipsyncError(f"a clip's video is missing: {video or '(none)'}")
+        out.append(find_segments(video, opts, int(c.get("start_frame") or 0), c.get("end_frame"),
+                                 _CutProgress(progress, i + 1, len(clips)), cancel))
+    return {"clips": out}
+
+
 def _auto_segments(has_face: np.ndarray, fps: float, opts: SyncOptions) -> list[Segment]:
     return segments_from_presence(has_face, min_frames=max(1, int(round(opts.min_segment_seconds * fps))),
                                   max_gap=int(round(opts.max_gap_seconds * fps)))
@@ -522,3 +537,203 @@ def _check_checkpoint(path: str) -> None:
     if not os.path.isfile(path):
         raise LipsyncError(f"checkpoint not found: {path}. Download it with "
                            "`python -m lipsync_core weights download wav2lip_gan` or give its path")
+
+
+# ----------------------------------------------------------------------------------------------- the edit
+
+
+class _CutProgress(Progress):
+    """Progress of one cut inside a job of many: stages read "cut 3 of 12: sync" (done/total stay the cut's)."""
+
+    def __init__(self, inner: Progress, index: int, count: int) -> None:
+        self.inner, self.prefix = inner, f"cut {index} of {count}: "
+
+    def start(self, stage, total):
+        self.inner.start(self.prefix + stage, total)
+
+    def advance(self, stage, n=1):
+        self.inner.advance(self.prefix + stage, n)
+
+    def finish(self, stage):
+        self.inner.finish(self.prefix + stage)
+
+    def log(self, message):
+        self.inner.log(self.prefix + message)
+
+
+def _gain(volume, n: int) -> np.ndarray | float:
+    """A part's volume: one number, or one per video frame of the part (keyframed), linear in between."""
+    if not isinstance(volume, list | tuple):
+        return float(volume)
+    v = np.asarray(volume, np.float32)
+    if len(v) == 1 or n == 0:
+        return float(v[0]) if len(v) else 1.0
+    pos = np.arange(n, dtype=np.float64) * len(v) / n  # sample -> frame position
+    return np.interp(pos, np.arange(len(v)), v).astype(np.float32)
+
+
+def mix_dub(parts: list[dict], seconds: float, sr: int = A.SAMPLE_RATE) -> np.ndarray:
+    """What plays under a cut: each part {"file", "from" (seconds in the file), "at" (seconds into the cut),
+    "seconds", "volume" (a number, or one per video frame of the part)} decoded at `sr` mono, scaled and summed
+    into `seconds` of silence."""
+    n = int(round(seconds * sr))
+    mix = np.zeros(n, np.float32)
+    for p in parts:
+        at = int(round(float(p["at"]) * sr))
+        if at >= n:
+            continue
+        dur = min(float(p["seconds"]), (n - at) / sr)
+        wav = A.load_audio(str(p["file"]), sr=sr, offset=float(p.get("from", 0.0)), duration=dur)
+        full = int(round(float(p["seconds"]) * sr))  # the envelope spans the whole part, even if cut short here
+        gain = _gain(p.get("volume", 1.0), full)
+        wav = wav * (gain[: len(wav)] if isinstance(gain, np.ndarray) else gain)
+        lo = max(at, 0)
+        wav = wav[lo - at : lo - at + n - lo]
+        mix[lo : lo + len(wav)] += wav
+    return mix
+
+
+def _write_wav(path: str, samples: np.ndarray, sr: int) -> None:
+    import wave
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+
+
+def _face_ranges(clip: dict, start: int, end: int, track, fps: float, opts: SyncOptions) -> list[Segment]:
+    """The clip's segments (source frames inside [start, end)): detected ("auto"), the whole clip ("all"), or
+    given, where a segment with `face: null` shows a face when it does on at least half of its frames."""
+    spec = clip.get("segments", "all")
+    if spec == "all":
+        return [Segment(start, end, True)]
+    if spec == "auto":
+        segs = _auto_segments(presence(track)[start:end], fps, opts)
+        return [Segment(s.start_frame + start, s.end_frame + start, s.face) for s in segs]
+    out = []
+    for row in spec:
+        s, e = max(int(row["start_frame"]), start), min(int(row["end_frame"]), end)
+        if e <= s:
+            continue
+        face = row.get("face")
+        if face is None:
+            face = bool(track is not None and presence(track)[s:e].mean() >= 0.5)
+        out.append(Segment(s, e, bool(face)))
+    return out
+
+
+def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = None,
+              progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
+    """The add-on's job for a whole edit: many clips from many source files, one model load.
+
+    clip: {"video", "start_frame", "end_frame" (source frames, end exclusive), "output", "segments" ("auto",
+    "all" or [{"start_frame", "end_frame", "face": true|false|null}]), "dub" ([{"file", "from", "at",
+    "seconds", "volume"}]: what plays under the clip), "sync_ranges" ([[s, e], ...] source frames where the dub
+    plays; the mouth is redone only there, on frames showing a face)}. Each output holds every frame of its
+    range; frames outside face ranges keep their picture. Face detection runs once per source file.
+    """
+    from .faces.track import face_boxes
+    from .media import probe, probe_audio
+
+    opts = opts or SyncOptions()
+    progress = progress or Progress()
+    cancel = cancel or CancelToken()
+    clock = StageClock()
+    _check_encoding(opts)
+    _check_checkpoint(checkpoint)
+    progress.start("checking the inputs", len(clips))  # the first event: the press sees the engine is up
+    infos: dict[str, object] = {}
+    sounds: set[str] = set()
+    for c in clips:
+        video = str(c.get("video") or "")
+        if not video or not os.path.isfile(video):
+            raise LipsyncError(f"a clip's video is missing: {video or '(none)'}")
+        if video not in infos:
+            infos[video] = probe(video)
+        _check_range(infos[video], int(c["start_frame"]), int(c["end_frame"]))
+        for part in c.get("dub") or []:
+            if str(part["file"]) not in sounds:  # a dub file serves many clips: read its header once
+                probe_audio(str(part["file"]))
+                sounds.add(str(part["file"]))
+        _check_output(c["output"], [video, checkpoint] + [str(p["file"]) for p in c.get("dub") or []])
+        progress.advance("checking the inputs")
+    progress.start("loading the model", None)
+    renderer = ClipRenderer(checkpoint, opts, progress)
+    tracks: dict[str, object] = {}
+    boxes_of: dict[str, np.ndarray] = {}
+
+    def boxes_for(video: str, where: Progress) -> np.ndarray:
+        if video not in boxes_of:
+            info = infos[video]
+            if opts.box is not None:
+                from .faces.track import fixed_boxes
+
+                boxes_of[video] = fixed_boxes(info.frames, opts.box, info.width, info.height)
+            else:
+                track = track_for(video, where)
+                boxes_of[video] = face_boxes(track, pads=opts.pads, smooth=opts.smooth,
+                                             max_gap=int(round(opts.max_gap_seconds * info.fps)))
+        return boxes_of[video]
+
+    def track_for(video: str, where: Progress = progress):
+        if video not in tracks:
+            tracks[video] = analyze_faces(video, opts, infos[video], where, cancel, clock)
+        return tracks[video]
+
+    results, written, temps = [], [], []
+    try:
+        for i, c in enumerate(clips):
+            video = str(c["video"])
+            info = infos[video]
+            s, e = int(c["start_frame"]), int(c["end_frame"])
+            sub = _CutProgress(progress, i + 1, len(clips))
+            renderer.progress = sub
+            needs_track = c.get("segments", "all") != "all" and opts.box is None
+            segs = _face_ranges(c, s, e, track_for(video, sub) if needs_track else None, info.fps, opts)
+            want = np.zeros(e - s, bool)
+            for seg in segs:
+                if seg.face:
+                    want[seg.start_frame - s : seg.end_frame - s] = True
+            dubbed = np.zeros(e - s, bool)
+            for lo, hi in c.get("sync_ranges", [[s, e]]):
+                dubbed[max(int(lo), s) - s : max(min(int(hi), e), s) - s] = True
+            want &= dubbed
+            clip_boxes = np.full((e - s, 4), -1, np.int32)
+            if want.any():
+                every = boxes_for(video, sub)[s:e]
+                clip_boxes[want] = every[want]
+                missing = int((want & (every[:, 0] < 0)).sum())
+                if missing:
+                    sub.log(f"{missing} frames of a face segment have no face found and keep their picture")
+            cancel.check()
+            t0 = time.perf_counter()
+            seconds = (e - s) / info.fps
+            mel = A.melspectrogram(mix_dub(c.get("dub") or [], seconds))
+            mux = f"{c['output']}.dub.wav"  # the dub as heard, muxed into the output for review
+            temps.append(mux)
+            _write_wav(mux, mix_dub(c.get("dub") or [], seconds, sr=48000), 48000)
+            clock.add("mel", t0)
+            r = renderer.render(video, info, np.arange(s, e), clip_boxes, mel, mux, 0.0, c["output"], cancel, clock)
+            written.append(c["output"])
+            r.update({"video": video, "start_frame": s, "end_frame": e, "fps": info.fps,
+                      "segments": [{"start_frame": g.start_frame, "end_frame": g.end_frame, "face": g.face}
+                                   for g in segs]})
+            results.append(r)
+    except BaseException:
+        for path in written:  # all or nothing: a failed or cancelled job leaves no outputs behind
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        raise
+    finally:
+        renderer.progress = progress
+        for path in temps:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+    return {"clips": results, "timings": dict(clock.seconds)}

@@ -40,10 +40,12 @@ def _options(job: dict):
 
 
 def run_job(job: dict, progress: JsonProgress, cancel: CancelToken) -> dict:
-    from .sync import find_segments, sync_clips
+    from .sync import find_segments, find_segments_many, sync_clips, sync_edit
 
     command = job.get("command")
     opts = _options(job)
+    if command == "segments" and job.get("clips"):  # several ranges of several files
+        return find_segments_many(job["clips"], opts, progress, cancel)
     if command == "segments":
         return find_segments(_need(job, "video"), opts, int(job.get("start_frame") or 0),
                                     job.get("end_frame"), progress, cancel)
@@ -51,6 +53,8 @@ def run_job(job: dict, progress: JsonProgress, cancel: CancelToken) -> dict:
         clips = job.get("clips")
         if not clips:
             raise LipsyncError("the job has no clips to sync")
+        if not job.get("video"):  # the edit form: every clip names its own video and dub
+            return sync_edit(job.get("checkpoint") or "", clips, opts, progress, cancel)
         return sync_clips(_need(job, "video"), _need(job, "audio"), job.get("checkpoint") or "", clips,
                           opts, progress, cancel)
     if command == "check":  # the add-on's "Check" button: is this Python able to run the engine?

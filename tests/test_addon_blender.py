@@ -7,7 +7,6 @@ Frame maths checked against Blender's own playback (render, mixdown), refusals o
 # ruff: noqa: F811  (pytest fixtures imported from blender_env come back as test arguments)
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import venv
@@ -158,7 +157,7 @@ def test_refuses_missing_file(configured, made_media, tmp_path):
     _strip_coll(scene).new_sound("speech", str(made_media / "speech.wav"), 3, 1)
     scene.sequence_editor.active_strip = movie
     copy.unlink()
-    _refused(bpy.ops.lipsync.sync, "file of strip 'gone' is missing", scene)
+    _refused(bpy.ops.lipsync.sync, "'gone': its file is missing", scene)
 
 
 def test_refuses_without_checkpoint(configured, made_media):
@@ -216,27 +215,30 @@ def test_check_button(configured, no_torch_python):
 # ---------------------------------------------------------------------------- applying results
 
 
-def _fake_results(made_media, job_dir: Path, ranges, extra: int = 0):
-    """Result files like the engine's, `extra` frames too long (no worker involved)."""
+def _fake_outcome(scene, made_media, extra: int = 0):
+    """What a finished press hands to apply: every cut's plan and its result file (red frames, no worker)."""
     from tools import sample_media as media
 
-    job_dir.mkdir(parents=True, exist_ok=True)
-    outs = []
-    for s, e in ranges:
-        out = job_dir / f"clip_{s}-{e}.mp4"
-        frames = np.zeros((e - s + extra, 240, 320, 3), np.uint8)
-        frames[..., 2] = 200  # red: easy to tell from the source
-        media.write_video(out, frames)
-        outs.append(str(out))
-    return outs
-
-
-def _outcome(scene, made_media, tmp_path, ranges, extra: int = 0):
-    ops, job_steps, plan = be.submodule("ops"), be.submodule("job_steps"), be.submodule("plan")
+    ops, job_steps, edit_plan = be.submodule("ops"), be.submodule("job_steps"), be.submodule("edit_plan")
     snap = ops.prepare(bpy.context, "sync")
-    outs = _fake_results(made_media, tmp_path / "job", ranges, extra)
-    clips = [plan.Clip(s, e, s - 1, e - 1, 0.0, o) for (s, e), o in zip(ranges, outs)]
-    return snap, job_steps.Outcome("done", clips=clips, job_dir=str(tmp_path / "job"))
+    cuts = edit_plan.plan_cuts(snap)
+    for c in cuts:
+        frames = np.zeros((c.end_frame - c.start_frame + extra, 240, 320, 3), np.uint8)
+        frames[..., 2] = 200  # red: easy to tell from the source
+        Path(c.output).parent.mkdir(parents=True, exist_ok=True)
+        media.write_video(Path(c.output), frames)
+    made = {c.cut: {"face_frames": c.end_frame - c.start_frame, "segments": []} for c in cuts}
+    return snap, job_steps.Outcome("done", cuts=cuts, made=made)
+
+
+@pytest.fixture
+def fake_results():
+    """Remove the fake results again: their keys are real, a later real press must not find them."""
+    made: list = []
+    yield made
+    for out in made:
+        for cut in out.cuts:
+            Path(cut.output).unlink(missing_ok=True)
 
 
 def _own_pieces(scene, movie):
@@ -244,104 +246,106 @@ def _own_pieces(scene, movie):
     return sorted((s.frame_final_start, s.frame_final_end, s.mute) for s in snapshot.own_sound_strips(scene, movie))
 
 
-def test_apply_places_results_mutes_own_sound_and_replaces_on_rerun(configured, made_media, tmp_path):
+def test_apply_shows_results_mutes_own_sound_and_follows_the_dub(configured, made_media, fake_results):
     apply = be.submodule("apply")
     scene = be.new_scene("Apply")
     movie, _, speech = be.add_edit(scene, made_media, audio_at=11, audio_trim_start=0)
     speech.frame_final_end = 101  # new audio under 11-101 only
-    scene.timeline_markers.new("LS face", frame=1)
-    scene.timeline_markers.new("LS no face", frame=41)
-    scene.timeline_markers.new("LS face", frame=71)
-    scene.timeline_markers.new("LS end", frame=111)
+    scene.lipsync.segment_source = "STRIP"
     scene.timeline_markers.new("my note", frame=60)
-    ranges = [(11, 41), (71, 101)]
-    snap, out = _outcome(scene, made_media, tmp_path / "a", ranges)
-    apply.apply_outcome(scene, snap, out, relative=False)
-
-    results = apply.results_for(scene, "clip")
-    assert sorted((s.frame_final_start, s.frame_final_end) for s in results) == ranges
-    assert {s.channel for s in results} == {4}  # 1 movie, 2 its sound, 3 speech: 4 is the first free
-    assert all(s.name.startswith("LS ") for s in results)
-    own_pieces = _own_pieces(scene, movie)
-    assert own_pieces == [(1, 11, False), (11, 101, True), (101, 111, False)]
+    snap, out = _fake_outcome(scene, made_media)
+    fake_results.append(out)
+    apply.apply_edit(scene, snap, out)
+    assert movie.filepath == out.cuts[0].output and (movie.frame_final_start, movie.frame_final_end) == (1, 111)
+    assert movie.frame_duration == 110 and movie["lipsync_src_start"] == 0
+    assert _own_pieces(scene, movie) == [(1, 11, False), (11, 101, True), (101, 111, False)]
     assert not speech.mute and not movie.mute
 
-    # a second run replaces (no duplicates) and follows a changed audio range
+    # a second press follows a changed dub: the strip keeps its original as the source, the sound its pieces
     speech.frame_final_end = 111
-    snap, out = _outcome(scene, made_media, tmp_path / "b", ranges, extra=5)  # longer files get trimmed
-    apply.apply_outcome(scene, snap, out, relative=False)
-    results = apply.results_for(scene, "clip")
-    assert sorted((s.frame_final_start, s.frame_final_end, s.channel) for s in results) == [
-        (11, 41, 4), (71, 101, 4)]
-    assert sorted(s.name for s in results) == ["LS clip 11-41", "LS clip 71-101"]
-    own_pieces = _own_pieces(scene, movie)
-    assert own_pieces == [(1, 11, False), (11, 101, True), (101, 111, True)]
-    assert ("my note" in [m.name for m in scene.timeline_markers])
+    snap, out = _fake_outcome(scene, made_media)
+    fake_results.append(out)
+    assert out.cuts[0].video == str(made_media / "clip.mp4")
+    apply.apply_edit(scene, snap, out)
+    assert movie.filepath == out.cuts[0].output
+    assert _own_pieces(scene, movie) == [(1, 11, False), (11, 101, True), (101, 111, True)]
+    assert "my note" in [m.name for m in scene.timeline_markers]
 
 
-def test_apply_refuses_when_video_moved_meanwhile(configured, made_media, tmp_path):
+def test_apply_refuses_when_video_moved_meanwhile(configured, made_media, fake_results):
     apply, plan = be.submodule("apply"), be.submodule("plan")
     scene = be.new_scene("Moved")
     movie, _, _ = be.add_edit(scene, made_media)
     scene.lipsync.segment_source = "STRIP"
-    snap, out = _outcome(scene, made_media, tmp_path, [(1, 41)])
+    snap, out = _fake_outcome(scene, made_media)
+    fake_results.append(out)
     movie.frame_start = 5
     before = be.fingerprint(scene)
     with pytest.raises(plan.PlanError, match="moved or trimmed"):
-        apply.apply_outcome(scene, snap, out, relative=False)
+        apply.apply_edit(scene, snap, out)
     assert be.fingerprint(scene) == before
 
 
-def test_undo_restores_the_timeline_after_apply(configured, made_media, tmp_path):
+def test_a_moved_result_strip_is_still_current_and_restores_in_place(configured, made_media, fake_results):
+    apply, ops, edit_plan = be.submodule("apply"), be.submodule("ops"), be.submodule("edit_plan")
+    scene = be.new_scene("MoveLater")
+    movie, own, speech = be.add_edit(scene, made_media)
+    movie.frame_offset_start = 10  # trimmed: shows source frames 10-110 at 11-111
+    scene.lipsync.segment_source = "STRIP"
+    snap, out = _fake_outcome(scene, made_media)
+    fake_results.append(out)
+    apply.apply_edit(scene, snap, out)
+    for s in sorted(be.strips(scene), key=lambda s: -s.frame_start):  # the editor moves it all 20 frames later
+        s.frame_start += 20
+    (cut,) = edit_plan.plan_cuts(ops.prepare(bpy.context, "sync"))
+    assert (cut.start_frame, cut.end_frame, cut.key) == (10, 110, out.cuts[0].key)  # nothing to redo
+    apply.restore_original(movie)
+    assert Path(movie.filepath).name == "clip.mp4" and (movie.frame_final_start, movie.frame_final_end) == (31, 131)
+    snapshot = be.submodule("snapshot")
+    assert snapshot.timing(movie).frame_start == 21 and snapshot.is_own_sound(own, movie)
+
+
+def test_undo_restores_the_timeline_after_apply(configured, made_media, fake_results):
     apply = be.submodule("apply")
     scene = be.new_scene("Undo")
     be.add_edit(scene, made_media)
     scene.lipsync.segment_source = "STRIP"
-    snap, out = _outcome(scene, made_media, tmp_path, [(1, 41), (71, 111)])
+    snap, out = _fake_outcome(scene, made_media)
+    fake_results.append(out)
     bpy.ops.ed.undo_push(message="before lip sync")
     before = be.fingerprint(scene)
-    apply.apply_outcome(scene, snap, out, relative=False)
+    apply.apply_edit(bpy.data.scenes["Undo"], snap, out)
     bpy.ops.ed.undo_push(message="Lip Sync")
     assert be.fingerprint(bpy.data.scenes["Undo"]) != before
     bpy.ops.ed.undo()
     assert be.fingerprint(bpy.data.scenes["Undo"]) == before
 
 
-def test_result_paths_are_decided_when_the_job_starts(configured, made_media, tmp_path):
+def test_result_paths_are_decided_when_the_job_starts(configured, made_media, tmp_path, fake_results):
     """Relative or absolute is decided with the snapshot: saving the .blend while a job runs changes nothing."""
-    ops, job_steps, plan, apply = (be.submodule(m) for m in ("ops", "job_steps", "plan", "apply"))
+    ops = be.submodule("ops")
 
     def run(name: str, save_during_job: Path) -> tuple[str, str]:
         scene = be.new_scene(name)
         be.add_edit(scene, made_media)
         scene.lipsync.segment_source = "STRIP"
-        snap = ops.prepare(bpy.context, "sync")  # the job starts
-        (out,) = _fake_results(made_media, Path(snap.out_dir) / f"{name}-job", [(1, 41)])
+        snap, outcome = _fake_outcome(scene, made_media)  # the job starts
+        fake_results.append(outcome)
         save_during_job.parent.mkdir(parents=True, exist_ok=True)
         bpy.ops.wm.save_as_mainfile(filepath=str(save_during_job))  # the editor saves while it runs
-        outcome = job_steps.Outcome("done", clips=[plan.Clip(1, 41, 0, 40, 0.0, out)],
-                                    job_dir=str(Path(out).parent))
-        result, _, msg = ops.conclude(bpy.context, job_steps.JobSteps(snap, "sync"), outcome)
+        result, _, msg = ops.conclude(bpy.context, be.submodule("job_steps").JobSteps(snap, "sync"), outcome)
         assert result == {"FINISHED"}, msg
-        (strip,) = apply.results_for(bpy.data.scenes[name], "clip")
-        return strip.filepath, out
+        return bpy.data.scenes[name].sequence_editor.strips["clip"].filepath, outcome.cuts[0].output
 
     bpy.ops.wm.read_homefile(use_empty=True)  # a new, unsaved file: results go to the extension's cache
-    try:
-        path, out = run("Unsaved", tmp_path / "project" / "edit.blend")
-        assert Path(out).is_relative_to(be.submodule("prefs").user_dir())
-        # absolute: a path relative to the .blend saved meanwhile would tie the project to the cache's location
-        assert not path.startswith("//") and path == out, path
-        # saved at the start, saved elsewhere during the job: relative, and it still finds the file
-        path, out = run("Saved", tmp_path / "elsewhere" / "moved.blend")
-        assert Path(out).parent.parent == tmp_path / "project" / "lipsync"
-        assert path.startswith("//") and Path(bpy.path.abspath(path)).resolve() == Path(out).resolve(), path
-    finally:
-        shutil.rmtree(Path(be.submodule("prefs").user_dir()) / "results" / "Unsaved-job", ignore_errors=True)
-        bpy.ops.wm.read_homefile(use_empty=True)  # later tests start from an unsaved file again
-
-
-# ---------------------------------------------------------------------------- interface pieces
+    path, out = run("Unsaved", tmp_path / "project" / "edit.blend")
+    assert Path(out).is_relative_to(be.submodule("prefs").user_dir())
+    # absolute: a path relative to the .blend saved meanwhile would tie the project to the cache's location
+    assert not path.startswith("//") and path == out, path
+    # saved at the start, saved elsewhere during the job: relative, and it still finds the file
+    path, out = run("Saved", tmp_path / "elsewhere" / "moved.blend")
+    assert Path(out).parent == tmp_path / "project" / "lipsync"
+    assert path.startswith("//") and Path(bpy.path.abspath(path)).resolve() == Path(out).resolve(), path
 
 
 class _Layout:
@@ -397,7 +401,13 @@ def test_panel_draws_pickers_settings_and_buttons(lipsync_addon, made_media):
     be.add_edit(scene, made_media)
     log = _draw(bpy.types.LIPSYNC_PT_panel)
     assert ("prop_search", "video_strip", "strips") in log and ("prop_search", "audio_strip", "strips") in log
-    assert ("label", "Using: clip") in log and ("label", "Using: speech") in log  # the defaults it will use
+    # new strips are selected: the selection is what a press uses (the movie's own sound is no dub)
+    assert ("label", "Using: 1 selected movie strip(s)") in log and ("label", "Dub: 1 selected sound strip(s)") in log
+    for s in be.strips(scene):
+        s.select = False
+    log = _draw(bpy.types.LIPSYNC_PT_panel)
+    assert ("label", "Using: clip") in log and ("label", "Dub: speech") in log  # the defaults it will use
+    assert ("operator", "lipsync.restore_original") in log
     for name in ("segment_source", "blend_mode", "pads"):
         assert ("prop", name) in log
     assert ("operator", "lipsync.detect_segments") in log and ("operator", "lipsync.sync") in log
@@ -454,59 +464,40 @@ def _render_still(scene, path: Path) -> np.ndarray:
     return cv2.imread(str(path))
 
 
-def test_odd_sized_movie_result_lines_up_to_the_pixel(configured, made_media, tmp_path):
-    """321x241: the engine's encoder pads its result to 322x242 (right column, bottom row); placed as it is, the
-    picture sits a pixel off its movie (a jump at every cut). The result strip is cropped and offset onto it."""
-    from lipsync_core.media import FrameReader, VideoEncoder, ffmpeg_exe
+def test_odd_sized_movie_is_listed_as_a_problem(configured, made_media, tmp_path):
+    """H.264 (yuv420p) holds only even sizes: a 321x241 result could not line up with its strip exactly."""
+    from lipsync_core.media import ffmpeg_exe
     from tools import sample_media as media
 
-    apply, plan, ops, job_steps = (be.submodule(m) for m in ("apply", "plan", "ops", "job_steps"))
     w, h, n = 321, 241, 12
     src = tmp_path / "odd.mp4"  # yuv444p: H.264 can hold odd sizes there (yuv420p cannot)
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
                     "-r", "25", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-crf", "12", str(src)],
                    input=media.astronaut_frames(n, w, h).tobytes(), check=True)
-    job = tmp_path / "job"
-    job.mkdir()
-    result = job / "odd_1-13.mp4"
-    with VideoEncoder(result, w, h, "25", n_frames=n) as enc:  # the engine's own encoder, as a result is written
-        for frame in FrameReader(str(src)):
-            enc.write(frame)
-
     scene = be.new_scene("Odd")
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
     coll = scene.sequence_editor.strips
-    movie = coll.new_movie("odd", str(src), 1, 1)
+    scene.sequence_editor.active_strip = coll.new_movie("odd", str(src), 1, 1)
     coll.new_sound("speech", str(made_media / "speech.wav"), 2, 1)
-    scene.sequence_editor.active_strip = movie
-    scene.lipsync.segment_source = "STRIP"
-    snap = ops.prepare(bpy.context, "sync")
-    out = job_steps.Outcome("done", clips=[plan.Clip(1, 1 + n, 0, n, 0.0, str(result))], job_dir=str(job))
+    _refused(bpy.ops.lipsync.sync, "'odd': its picture is 321x241", scene)
 
-    def placed_psnr(name: str) -> float:
-        apply.apply_outcome(scene, snap, out, relative=False)
-        (strip,) = apply.results_for(scene, "odd")
-        assert (strip.elements[0].orig_width, strip.elements[0].orig_height) == (w + 1, h + 1)
-        scene.frame_set(6)
-        strip.mute = True
-        ref = _render_still(scene, tmp_path / f"{name}_ref.png")
-        strip.mute = False
-        got = _render_still(scene, tmp_path / f"{name}_got.png")
-        return _psnr(ref, got)
 
-    # 1 px off gives 28 dB on this picture; lined up, only the codec's loss (yuv444 -> yuv420) is left
-    assert placed_psnr("plain") > 38
-    (strip,) = apply.results_for(scene, "odd")
-    assert (strip.crop.max_x, strip.crop.min_y, strip.crop.min_x, strip.crop.max_y) == (1, 1, 0, 0)
-    # a scaled, moved movie on a canvas of the other parity: the result follows it
-    scene.render.resolution_x, scene.render.resolution_y = 701, 521
-    movie.transform.scale_x = movie.transform.scale_y = 2.0
-    movie.transform.offset_x = 3
-    snap = ops.prepare(bpy.context, "sync")
-    assert placed_psnr("scaled") > 38
-    # rotated about a moved pivot, and flipped
-    movie.transform.scale_x = movie.transform.scale_y = 1.5
-    movie.transform.rotation, movie.transform.origin = 0.5, (0.3, 0.6)
-    movie.use_flip_x = movie.use_flip_y = True
-    snap = ops.prepare(bpy.context, "sync")
-    assert placed_psnr("rotated") > 38
+def test_keyframed_dub_volume_is_sampled_per_frame(lipsync_addon, made_media):
+    snapshot = be.submodule("snapshot")
+    scene = be.new_scene("Fade")
+    _, _, speech = be.add_edit(scene, made_media)
+    assert snapshot.volume_per_frame(scene, speech) == ()
+    speech.volume = 0.0
+    speech.keyframe_insert("volume", frame=1)
+    speech.volume = 1.0
+    speech.keyframe_insert("volume", frame=11)
+    vols = snapshot.volume_per_frame(scene, speech)
+    assert len(vols) == speech.frame_final_duration and vols[0] == 0.0 and vols[10] == 1.0 and 0 < vols[5] < 1
+
+
+def test_progress_counts_the_whole_press(lipsync_addon):
+    jobs = be.submodule("jobs")
+    job = jobs.Job.__new__(jobs.Job)  # only the progress fields: no thread, no steps
+    job.stage, job.done, job.total = "cut 3 of 4: sync", 50, 100
+    assert job.fraction == 0.625 and job.status_line == "cut 3 of 4: sync 50/100"
+    job.stage = "checking the edit"
+    assert job.fraction == 0.5

@@ -6,6 +6,7 @@ These fail (never skip) when the worker is missing: the add-on is worthless with
 # ruff: noqa: F811  (pytest fixtures imported from blender_env come back as test arguments)
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -91,25 +92,16 @@ def test_detect_places_named_markers_and_keeps_the_editors(synced):
     assert any(cache.rglob("*.json")), list(cache.rglob("*"))
 
 
-def _results(scene):
-    return sorted((s for s in be.strips(scene) if s.get("lipsync_role") == "result"),
-                  key=lambda s: s.frame_final_start)
-
-
-def test_results_cover_face_segments_above_the_video(synced):
+def test_the_strip_shows_its_result_over_the_same_frames(synced):
+    """The result design: the editor's own strip shows a result file covering exactly its visible range."""
     scene = bpy.data.scenes["E2E"]
-    res = _results(scene)
-    ranges = [(s.frame_final_start, s.frame_final_end) for s in res]
-    assert len(ranges) == 2, ranges
-    (s0, e0), (s1, e1) = ranges
-    assert s0 == A0 and abs(e0 - B1) <= TOL  # the first face segment, where the new audio plays
-    assert abs(s1 - B2) <= TOL and e1 == V1
-    assert {s.channel for s in res} == {4}  # 1 movie, 2 its sound, 3 speech
-    for s in res:
-        assert s.filepath.startswith("//lipsync/"), s.filepath  # beside the saved .blend, relative
-        assert Path(bpy.path.abspath(s.filepath)).is_file()
-        assert s.frame_final_duration == s.frame_duration  # the file holds exactly the segment
-    assert not any(p.is_relative_to(Path(be.USER)) for p in [Path(bpy.path.abspath(s.filepath)) for s in res])
+    movie = scene.sequence_editor.strips["clip"]
+    assert (movie.frame_final_start, movie.frame_final_end, movie.channel) == (V0, V1, 1)
+    assert movie.filepath.startswith("//lipsync/"), movie.filepath  # beside the saved .blend, relative
+    assert Path(bpy.path.abspath(movie.filepath)).is_file()
+    assert movie["lipsync_original"].endswith("clip.mp4") and movie["lipsync_src_start"] == V0 - 1
+    assert movie.frame_final_duration == movie.frame_duration  # the file holds exactly the visible range
+    assert not any(s.get("lipsync_role") == "result" for s in be.strips(scene))  # no strip added
 
 
 def test_own_sound_muted_under_new_audio_only(synced):
@@ -173,32 +165,25 @@ def test_render_has_every_frame_and_the_new_audio(synced, made_media, tmp_path):
     assert tone < 0.05, f"the clip's own {TONE_HZ:.0f} Hz sound is still audible ({tone:.2f} of the energy)"
 
 
-def test_second_run_replaces_and_one_undo_restores(synced):
+def test_second_run_changes_nothing_and_one_undo_restores(synced):
     scene = bpy.data.scenes["E2E"]
     after_first = be.fingerprint(scene)
-
-    def without_paths(fp):
-        rows, markers = fp
-        return tuple(r[:-1] for r in rows), markers
-
+    folder = Path(bpy.path.abspath("//lipsync"))
+    files = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     scene.timeline_markers.new("probe", frame=3)  # only in the step pushed next: tells undo steps apart
     bpy.ops.ed.undo_push(message="before second run")
     before = be.fingerprint(scene)
+    t0 = time.monotonic()
     assert bpy.ops.lipsync.sync(*AS_UI) == {"FINISHED"}
-    scene = bpy.data.scenes["E2E"]
-    assert len(_results(scene)) == 2  # replaced, not stacked
-    assert without_paths(be.fingerprint(scene)) == without_paths(before)
-    assert be.fingerprint(scene) != before  # new result files
+    assert time.monotonic() - t0 < 5  # nothing changed: no engine
+    assert be.fingerprint(bpy.data.scenes["E2E"]) == before
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == files
     bpy.ops.ed.undo()
-    # the operator pushed exactly one step: one undo lands on "before second run" (with the probe marker)
     assert be.fingerprint(bpy.data.scenes["E2E"]) == before
     bpy.ops.ed.undo()
     assert be.fingerprint(bpy.data.scenes["E2E"]) == after_first
-    bpy.ops.ed.undo()  # and the first run's one step: back to before any lip sync
+    bpy.ops.ed.undo()  # the first run's one step: back to before any lip sync
     assert be.fingerprint(bpy.data.scenes["E2E"]) == synced["before_sync"]
-
-
-# ---------------------------------------------------------------------------- other segment sources
 
 
 def test_hand_placed_markers_are_labelled_by_detection(configured, made_media):
@@ -208,8 +193,10 @@ def test_hand_placed_markers_are_labelled_by_detection(configured, made_media):
     scene.lipsync.segment_source = "MARKERS"
     assert bpy.ops.lipsync.sync() == {"FINISHED"}
     scene = bpy.data.scenes["Hand"]
-    ranges = [(s.frame_final_start, s.frame_final_end) for s in _results(scene)]
-    assert ranges == [(A0, B1), (B2, V1)]  # the no-face segment between cut 2 and cut 3 is left alone
+    record = Path(bpy.path.abspath(scene.sequence_editor.strips["clip"].filepath) + ".json")
+    rows = json.loads(record.read_text())["clip"]["segments"]  # the engine's record beside the result
+    segs = [(r["start_frame"] + 1, r["end_frame"] + 1, r["face"]) for r in rows]
+    assert segs == [(V0, B1, True), (B1, B2, False), (B2, V1, True)]  # the no-face segment is left alone
     assert sorted(m.name for m in scene.timeline_markers) == ["cut 1", "cut 2", "cut 3", "cut 4"]
 
 
@@ -218,7 +205,7 @@ def test_auto_detects_marks_and_syncs(configured, made_media):
     scene.lipsync.segment_source = "AUTO"
     assert bpy.ops.lipsync.sync() == {"FINISHED"}
     scene = bpy.data.scenes["Auto"]
-    assert len(_results(scene)) == 2
+    assert scene.sequence_editor.strips["clip"].get("lipsync_key")
     assert _near(_own_markers(scene), [(V0, "LS face"), (B1, "LS no face"), (B2, "LS face"), (V1, "LS end")])
 
 
@@ -268,6 +255,7 @@ def _run_interactive(scene_name: str, stop, timeout: float = 120.0):
 def test_cancel_leaves_nothing_behind(configured, made_media):
     scene, *_ = _edit("Cancel", made_media)
     scene.lipsync.segment_source = "STRIP"
+    scene.lipsync.pads = (0, 11, 0, 0)  # inputs of its own: no earlier result to reuse
     before = be.fingerprint(scene)
     job, result, level, msg = _run_interactive("Cancel", lambda job: bpy.ops.lipsync.cancel())
     assert result == {"CANCELLED"} and level == "WARNING" and "Cancelled" in msg
@@ -279,6 +267,7 @@ def test_cancel_leaves_nothing_behind(configured, made_media):
 def test_killed_worker_is_reported_and_changes_nothing(configured, made_media):
     scene, *_ = _edit("Killed", made_media)
     scene.lipsync.segment_source = "STRIP"
+    scene.lipsync.pads = (0, 12, 0, 0)  # inputs of its own: no earlier result to reuse
     before = be.fingerprint(scene)
     job, result, level, msg = _run_interactive("Killed", lambda job: job.steps.kill_worker())
     assert result == {"CANCELLED"} and level == "ERROR"
@@ -319,6 +308,7 @@ def _drive(op, on_first_progress=None, timeout: float = 180.0):
 def test_modal_sync_runs_and_applies_on_the_main_thread(configured, made_media):
     scene, *_ = _edit("Modal", made_media)
     scene.lipsync.segment_source = "STRIP"
+    scene.lipsync.pads = (0, 13, 0, 0)  # inputs of its own: no earlier result to reuse
     op, reports = _modal(bpy.types.LIPSYNC_OT_sync)
     assert op._begin(bpy.context) == {"RUNNING_MODAL"}
     assert bpy.ops.lipsync.cancel.poll() and not bpy.ops.lipsync.detect_segments.poll()  # one job at a time
@@ -327,8 +317,9 @@ def test_modal_sync_runs_and_applies_on_the_main_thread(configured, made_media):
         (bpy.data.scenes["Modal"].lipsync.running, bpy.data.scenes["Modal"].lipsync.stage)))
     assert result == {"FINISHED"}, reports
     assert seen_running and seen_running[0][0] and seen_running[0][1]
-    assert reports[-1][0] == {"INFO"} and "1 lip-synced clip" in reports[-1][1]
-    assert [(s.frame_final_start, s.frame_final_end) for s in _results(bpy.data.scenes["Modal"])] == [(A0, V1)]
+    assert reports[-1][0] == {"INFO"} and "1 of 1 cut(s) now show their lip-synced result" in reports[-1][1]
+    movie = bpy.data.scenes["Modal"].sequence_editor.strips["clip"]
+    assert (movie.frame_final_start, movie.frame_final_end) == (V0, V1) and movie.get("lipsync_key")
     assert not bpy.data.scenes["Modal"].lipsync.running and bpy.ops.lipsync.sync.poll()
 
 
@@ -337,6 +328,7 @@ def test_modal_escape_cancels(configured, made_media):
 
     scene, *_ = _edit("Esc", made_media)
     scene.lipsync.segment_source = "STRIP"
+    scene.lipsync.pads = (0, 14, 0, 0)  # inputs of its own: no earlier result to reuse
     before = be.fingerprint(scene)
     op, _ = _modal(bpy.types.LIPSYNC_OT_sync)
     assert op._begin(bpy.context) == {"RUNNING_MODAL"}
@@ -351,6 +343,7 @@ def test_ctrl_c_in_a_background_run_stops_the_worker(configured, made_media):
     ops, job_steps = be.submodule("ops"), be.submodule("job_steps")
     scene, *_ = _edit("Interrupt", made_media)
     scene.lipsync.segment_source = "STRIP"
+    scene.lipsync.pads = (0, 15, 0, 0)  # inputs of its own: no earlier result to reuse
     before = be.fingerprint(scene)
     seen = {}
 
@@ -401,6 +394,7 @@ def test_a_checkpoint_that_carries_code_is_refused_with_the_workers_own_message(
     configured.checkpoint_path = str(evil)
     scene, *_ = _edit("Evil", made_media)
     scene.lipsync.segment_source = "STRIP"
+    scene.lipsync.pads = (0, 16, 0, 0)  # inputs of its own: no earlier result to reuse
     before = be.fingerprint(scene)
     ops, job_steps = be.submodule("ops"), be.submodule("job_steps")
     steps = job_steps.JobSteps(ops.prepare(bpy.context, "sync"), "sync")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from addon import plan, worker_client
+from addon import edit_plan, plan, worker_client
 from addon import timeline as tl
-from addon.plan import PlanError, Snapshot, StripRef
+from addon.edit_plan import CutRef, DubRef, EditSnapshot
+from addon.plan import PlanError
 from addon.timeline import TimelineSegment, Timing
 
 
@@ -75,84 +76,102 @@ def test_label_segments_by_face_coverage():
     assert [s.face for s in out] == [True, False, True]
 
 
-def _snap(tmp_path: Path, **kw) -> Snapshot:
-    video = StripRef("clip", "MOVIE", str(tmp_path / "clip.mp4"), 1,
-                     Timing(frame_start=1, final_start=6, final_end=111, animation_offset_start=0), 25.0)
-    audio = StripRef("speech", "SOUND", str(tmp_path / "speech.wav"), 3,
-                     Timing(frame_start=11, final_start=11, final_end=200, animation_offset_start=5), None)
-    base = {"scene": "Edit", "fps": 25.0, "video": video, "audio": audio,
-            "markers": ((6, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end")),
-            "python": "/py", "checkpoint": "/ck.pth", "out_dir": str(tmp_path / "out")}
+def _edit(tmp_path: Path, dubs=None, **kw) -> EditSnapshot:
+    for name in ("clip.mp4", "speech.wav", "ck.pth"):
+        if not (tmp_path / name).exists():
+            (tmp_path / name).write_bytes(b"x" * 10)
+    cut = CutRef("clip", str(tmp_path / "clip.mp4"), Timing(frame_start=1, final_start=6, final_end=111), 25.0,
+                 str(tmp_path / "clip.mp4"), ((6, "LS face"), (41, "LS no face"), (71, "LS face"), (111, "LS end")))
+    speech = DubRef("speech", str(tmp_path / "speech.wav"),
+                    Timing(frame_start=11, final_start=11, final_end=200, animation_offset_start=5), 1.0)
+    base = {"scene": "Edit", "fps": 25.0, "cuts": (cut,), "dubs": {"clip": (speech,) if dubs is None else dubs},
+            "python": "/py", "checkpoint": str(tmp_path / "ck.pth"), "out_dir": str(tmp_path / "out")}
     base.update(kw)
-    return Snapshot(**base)
+    return EditSnapshot(**base)
 
 
-def test_sync_clips_cut_to_audio_and_mapped(tmp_path):
-    snap = _snap(tmp_path)
-    segs = plan.marker_segments(snap)
-    clips = plan.sync_clips(snap, segs, tmp_path / "job")
-    # first face segment 6-41 starts before the audio (11): only 11-41 is lip-synced
-    assert [(c.start, c.end) for c in clips] == [(11, 41), (71, 111)]
-    assert [(c.src_start, c.src_end) for c in clips] == [(10, 40), (70, 110)]
-    assert clips[0].audio_start == pytest.approx(5 / 25)  # hold offset 5 frames at the strip's start
-    assert clips[1].audio_start == pytest.approx((71 - 11 + 5) / 25)
-    job = plan.sync_job(snap, clips)
-    assert job["command"] == "sync" and job["clips"][0]["start_frame"] == 10 and job["options"]["pads"] == [0, 10, 0, 0]
-    assert job["options"]["blend"] == "feather"
+def test_edit_plan_maps_cut_dub_and_segments(tmp_path):
+    (cut,) = edit_plan.plan_cuts(_edit(tmp_path))
+    assert (cut.start_frame, cut.end_frame, cut.timeline) == (5, 110, (6, 111))  # the visible range
+    # the dub starts at 11 with a hold offset of 5 frames: 0.2 s into its file, 0.2 s into the cut
+    assert cut.dub == ({"file": str(tmp_path / "speech.wav"), "from": 0.2, "at": 0.2, "seconds": 4.0,
+                        "volume": 1.0},)
+    assert cut.source_dub_ranges == [(10, 110)]
+    assert cut.segments == [{"start_frame": 5, "end_frame": 40, "face": True},
+                            {"start_frame": 40, "end_frame": 70, "face": False},
+                            {"start_frame": 70, "end_frame": 110, "face": True}]
+    job = edit_plan.edit_job(_edit(tmp_path), [cut], ["/o.mp4"])
+    assert job["command"] == "sync" and "video" not in job and job["clips"][0]["sync_ranges"] == [[10, 110]]
+    assert job["options"]["pads"] == [0, 10, 0, 0] and job["options"]["blend"] == "feather"
+    assert Path(cut.output).parent == tmp_path / "out" and cut.key[:12] in cut.output
 
 
 @pytest.mark.parametrize("codec", ["h264", "prores", "ffv1"])
 def test_result_encoding_goes_to_the_job_and_names_the_files(tmp_path, codec):
     from lipsync_core.media import CODECS
 
-    snap = _snap(tmp_path, codec=codec)
-    clips = plan.sync_clips(snap, plan.marker_segments(snap), tmp_path / "job")
-    job = plan.sync_job(snap, clips)
+    snap = _edit(tmp_path, options={"codec": codec})
+    cuts = edit_plan.plan_cuts(snap)
+    job = edit_plan.edit_job(snap, cuts, [c.output for c in cuts])
     assert job["options"]["codec"] == codec
     # the add-on's table (it cannot import the engine) names each file as the engine writes it
-    assert all(Path(c["output"]).suffix == CODECS[codec].extensions[0] for c in job["clips"])
-    assert set(plan.RESULT_EXTENSIONS) == set(CODECS)
+    assert all(Path(c.output).suffix == CODECS[codec].extensions[0] for c in cuts)
+    assert set(edit_plan.RESULT_EXTENSIONS) == set(CODECS)
 
 
-def test_segments_job_uses_visible_source_range(tmp_path):
-    job = plan.segments_job(_snap(tmp_path))
-    assert (job["start_frame"], job["end_frame"]) == (5, 110)
+def test_edit_plan_mixes_several_dub_strips(tmp_path):
+    a = DubRef("a", str(tmp_path / "speech.wav"), Timing(frame_start=1, final_start=20, final_end=50), 0.5)
+    b = DubRef("b", str(tmp_path / "speech.wav"), Timing(frame_start=40, final_start=40, final_end=300,
+                                                          sound_offset=0.1), 1.0)
+    (cut,) = edit_plan.plan_cuts(_edit(tmp_path, dubs=(a, b)))
+    assert [(d["from"], d["at"], d["seconds"], d["volume"]) for d in cut.dub] == [
+        (19 / 25, 14 / 25, 30 / 25, 0.5), (-0.1, 34 / 25, 71 / 25, 1.0)]
+    assert cut.dub_ranges == ((20, 111),)  # overlapping strips: one range to mute and sync
+    # a keyframed volume: one value per frame of the part; a strip faded out over the whole cut is no dub
+    fade = DubRef("a", a.path, a.timing, 0.5, tuple(k / 100 for k in range(20, 50)))  # frames 20-49
+    silent = DubRef("b", b.path, b.timing, 1.0, (0.0,) * 260)
+    (cut,) = edit_plan.plan_cuts(_edit(tmp_path, dubs=(fade, silent)))
+    assert len(cut.dub) == 1 and cut.dub[0]["volume"] == [k / 100 for k in range(20, 50)]
 
 
-def test_detected_segments_back_to_timeline(tmp_path):
-    snap = _snap(tmp_path)
-    result = {"segments": [{"start_frame": 5, "end_frame": 40, "face": True},
+def test_edit_keys_follow_every_input(tmp_path):
+    key = edit_plan.plan_cuts(_edit(tmp_path))[0].key
+    assert edit_plan.plan_cuts(_edit(tmp_path))[0].key == key
+    assert edit_plan.plan_cuts(_edit(tmp_path, pads=(0, 12, 0, 0)))[0].key != key
+    assert edit_plan.plan_cuts(_edit(tmp_path, device="cpu"))[0].key == key  # same picture on any device
+    louder = DubRef("speech", str(tmp_path / "speech.wav"),
+                    Timing(frame_start=11, final_start=11, final_end=200, animation_offset_start=5), 0.9)
+    assert edit_plan.plan_cuts(_edit(tmp_path, dubs=(louder,)))[0].key != key
+    (tmp_path / "speech.wav").write_bytes(b"y" * 11)  # the dub file re-exported
+    assert edit_plan.plan_cuts(_edit(tmp_path))[0].key != key
+
+
+def test_edit_problems_are_listed_together(tmp_path):
+    snap = _edit(tmp_path, dubs=())
+    other = CutRef("other", snap.cuts[0].path, Timing(frame_start=1, final_start=200, final_end=260), 25.0, "", ())
+    snap = _edit(tmp_path, dubs=(), cuts=(snap.cuts[0], other))
+    with pytest.raises(PlanError) as err:
+        edit_plan.plan_cuts(snap)
+    msg = str(err.value)
+    assert msg.startswith("Lip Sync found 2 problem(s); nothing was run:")
+    assert "'clip': no dub plays under it" in msg and "'other': no dub plays under it" in msg
+    nodub = _edit(tmp_path)
+    with pytest.raises(PlanError, match="'clip': Segments come from markers, but 0 marker"):
+        edit_plan.plan_cuts(_edit(tmp_path, cuts=(CutRef(**{**nodub.cuts[0].__dict__, "markers": ()}),)))
+    noface = CutRef(**{**nodub.cuts[0].__dict__, "markers": ((6, "LS no face"), (111, "LS end"))})
+    with pytest.raises(PlanError, match="No face anywhere"):
+        edit_plan.plan_cuts(_edit(tmp_path, cuts=(noface,)))
+
+
+def test_detect_job_uses_visible_source_range_and_maps_back(tmp_path):
+    snap = _edit(tmp_path)
+    job = edit_plan.detect_job(snap)
+    assert job["command"] == "segments" and [(c["start_frame"], c["end_frame"]) for c in job["clips"]] == [(5, 110)]
+    answer = {"segments": [{"start_frame": 5, "end_frame": 40, "face": True},
                            {"start_frame": 40, "end_frame": 70, "face": False},
                            {"start_frame": 70, "end_frame": 110, "face": True}]}
-    assert plan.detected_segments(snap, result) == [TimelineSegment(6, 41, True), TimelineSegment(41, 71, False),
-                                                    TimelineSegment(71, 111, True)]
-
-
-def test_plan_refusals(tmp_path):
-    with pytest.raises(PlanError, match="marker"):
-        plan.marker_segments(_snap(tmp_path, markers=((200, "a"), (300, "b"))))
-    with pytest.raises(PlanError, match="No face anywhere"):
-        plan.precheck(_snap(tmp_path, markers=((6, "LS no face"), (111, "LS end"))))
-    with pytest.raises(PlanError, match="No face anywhere"):
-        plan.sync_clips(_snap(tmp_path), [TimelineSegment(6, 111, False)], tmp_path)
-    far = StripRef("speech", "SOUND", "/a.wav", 3, Timing(500, 500, 600), None)
-    with pytest.raises(PlanError, match="does not lie under"):
-        plan.precheck(_snap(tmp_path, audio=far))
-
-
-def test_needs_detection(tmp_path):
-    assert not plan.needs_detection(_snap(tmp_path))
-    assert plan.needs_detection(_snap(tmp_path, markers=((6, "cut"), (50, "cut2"))))
-    assert plan.needs_detection(_snap(tmp_path, segment_source="AUTO"))
-    assert not plan.needs_detection(_snap(tmp_path, segment_source="STRIP"))
-
-
-def test_job_dirs_are_fresh(tmp_path):
-    snap = _snap(tmp_path)
-    a = plan.new_job_dir(snap)
-    a.mkdir(parents=True)
-    b = plan.new_job_dir(snap)
-    assert a != b and a.parent == b.parent == tmp_path / "out"
+    assert edit_plan.detected_segments(snap.cuts[0], answer) == [
+        TimelineSegment(6, 41, True), TimelineSegment(41, 71, False), TimelineSegment(71, 111, True)]
 
 
 def test_died_message_names_exit_and_stderr():

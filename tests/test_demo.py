@@ -214,7 +214,7 @@ def test_small_full_demo_in_its_own_process(tmp_path):
     assert (out / "blender_user" / "extensions" / "user_default" / "lipsync" / "__init__.py").is_file()
     assert (out / "demo.blend").is_file() and not (out / "demo.blend1").exists()
     results = list((out / "lipsync").rglob("*.mp4"))
-    assert len(results) == 2, results  # one per face part; the cutaway is left alone
+    assert len(results) == 1, results  # the strip's result: face parts lip-synced, the cutaway as it was
 
     movie = out / "demo.mp4"
     info = demo.media_info(movie)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lipsync_core.media import probe
@@ -114,3 +115,70 @@ def test_a_checkpoint_that_carries_code_is_an_error_event_saying_so(work, tmp_pa
     assert ev[-1]["event"] == "error" and proc.returncode == 2, ev[-1]
     assert "carries code" in ev[-1]["message"] and "corrupt" not in ev[-1]["message"]
     assert not marker.exists() and not out.exists()
+
+
+def test_edit_job_many_files_one_process(work, tmp_path):
+    """The edit form: clips from two files, each with its own mixed dub, auto segments, dub-limited ranges."""
+    clip2 = sample_media.face_noface_face_clip(tmp_path / "clip2.mp4", 20, 10, 20)
+    outs = [tmp_path / f"{n}.mp4" for n in "abc"]
+    dub = [{"file": str(work["speech"]), "from": 0.5, "at": 0.2, "seconds": 0.6, "volume": 0.5},
+           {"file": str(work["speech"]), "from": 2.0, "at": 0.6, "seconds": 2.0, "volume": 1.0}]
+    job = {"command": "sync", "checkpoint": str(work["ckpt"]), "options": {"detector": "opencv"},
+           "clips": [{"video": str(work["clip"]), "start_frame": 10, "end_frame": 70, "output": str(outs[0]),
+                      "segments": "auto", "dub": dub, "sync_ranges": [[15, 70]]},
+                     {"video": str(clip2), "start_frame": 0, "end_frame": 20, "output": str(outs[1]),
+                      "segments": [{"start_frame": 0, "end_frame": 20, "face": None}], "dub": dub[:1]},
+                     {"video": str(work["clip"]), "start_frame": 0, "end_frame": 30, "output": str(outs[2]),
+                      "segments": "all", "dub": [], "sync_ranges": []}]}
+    ev = events_of(start_worker(tmp_path), job)
+    assert ev[-1]["event"] == "result", ev[-1]
+    clips = ev[-1]["clips"]
+    assert [c["frames"] for c in clips] == [60, 20, 30]
+    assert [probe(str(o)).frames for o in outs] == [60, 20, 30]
+    # auto segments inside the range: face to 30, no face 30-50, face from 50; synced only where the dub plays
+    assert [(s["start_frame"], s["end_frame"], s["face"]) for s in clips[0]["segments"]] == [
+        (10, 30, True), (30, 50, False), (50, 70, True)]
+    assert 0 < clips[0]["face_frames"] <= (30 - 15) + 20
+    assert clips[1]["segments"][0]["face"] is True and clips[1]["face_frames"] == 20
+    assert clips[2]["face_frames"] == 0  # no dub under it: every frame keeps its picture
+    stages = {e["stage"] for e in ev if e["event"] == "progress"}
+    assert {"cut 1 of 3: sync", "cut 3 of 3: sync"} <= stages
+    assert not list(tmp_path.glob("*.wav"))  # the muxed dub is a temporary file
+
+
+def test_mix_dub_sums_parts_at_their_places(tmp_path):
+    from lipsync_core.audio import load_audio
+    from lipsync_core.sync import mix_dub
+
+    wav = sample_media.tone_wav(tmp_path / "t.wav", 1.0, 200)
+    mix = mix_dub([{"file": str(wav), "from": 0.0, "at": 0.5, "seconds": 0.25, "volume": 0.5},
+                   {"file": str(wav), "from": 0.5, "at": 0.6, "seconds": 0.1, "volume": 1.0}], 1.0)
+    src = load_audio(str(wav))
+    assert len(mix) == 16000 and not mix[:8000].any() and not mix[12000:].any()
+    np.testing.assert_allclose(mix[8000:9600], 0.5 * src[:1600], atol=2e-3)  # resampler edges
+    np.testing.assert_allclose(mix[9600:11200], 0.5 * src[1600:3200] + src[8000:9600], atol=2e-3)
+
+
+def test_segments_of_several_ranges_in_one_process(work, tmp_path):
+    job = {"command": "segments", "options": {"detector": "opencv"},
+           "clips": [{"video": str(work["clip"]), "start_frame": 0, "end_frame": 45},
+                     {"video": str(work["clip"]), "start_frame": 35, "end_frame": 80}]}
+    ev = events_of(start_worker(tmp_path), job)
+    assert ev[-1]["event"] == "result", ev[-1]
+    rows = [[(s["start_frame"], s["end_frame"], s["face"]) for s in c["segments"]] for c in ev[-1]["clips"]]
+    assert rows == [[(0, 30, True), (30, 45, False)], [(35, 50, False), (50, 80, True)]]
+    assert "cut 2 of 2: detect" in {e.get("stage") for e in ev if e["event"] == "progress"} or any(
+        "cut 2 of 2" in e.get("message", "") for e in ev if e["event"] == "log")
+
+
+def test_mix_dub_follows_a_keyframed_volume(tmp_path):
+    from lipsync_core.audio import load_audio
+    from lipsync_core.sync import mix_dub
+
+    wav = sample_media.tone_wav(tmp_path / "t.wav", 1.0, 200)
+    # 10 frames at 25 fps: volume 0 at the first frame rising to 1 at the last, linear in between
+    mix = mix_dub([{"file": str(wav), "from": 0.0, "at": 0.0, "seconds": 0.4,
+                    "volume": [k / 9 for k in range(10)]}], 0.4)
+    src = load_audio(str(wav))[:6400]
+    gain = np.interp(np.arange(6400) * 10 / 6400, np.arange(10), [k / 9 for k in range(10)])
+    np.testing.assert_allclose(mix, gain * src, atol=2e-3)

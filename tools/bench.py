@@ -109,6 +109,8 @@ def run_config(cfg: dict) -> dict:
     """In a child process: one sync run, with its timings and peak memory."""
     if cfg.get("worker"):
         return run_worker(cfg)
+    if cfg.get("edit"):
+        return run_edit(cfg)
     from lipsync_core.sync import SyncOptions, sync
 
     opts = SyncOptions(**cfg.get("options", {}))
@@ -143,6 +145,76 @@ def run_worker(cfg: dict) -> dict:
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"frames": frames, "face_frames": frames, "seconds": wall, "fps": frames / wall, "timings": {},
             "device": "worker", "dtype": "", "peak_rss_mb": rss, "peak_child_rss_mb": 0.0}
+
+
+def run_edit(cfg: dict) -> dict:
+    """In a child process: the Blender extension installed in bpy, an edit of `cuts` cuts that together make the
+    whole clip, the dub as `dubs` sound strips; one Lip Sync press (Whole strip segments), then a second press on
+    the unchanged edit. Counts the engine processes a press starts and the time to the engine's first progress."""
+    from tools import demo
+
+    demo.prepare_user_resources(OUT / "edit")
+    import bpy
+
+    from lipsync_core.media import probe
+
+    installed = demo.install_extension(OUT / "edit" / "dist")
+    demo.configure(installed.module, sys.executable, Path(cfg["checkpoint"]))
+    bpy.context.preferences.addons[installed.module].preferences.device = cfg.get("device", "auto").upper()
+    worker_client = sys.modules[f"{installed.module}.worker_client"]
+    frames = probe(cfg["video"]).frames
+    scene = bpy.data.scenes.new("bench edit")
+    bpy.context.window.scene = scene
+    scene.render.fps, scene.render.fps_base = FPS, 1.0
+    scene.sequence_editor_create()
+    coll = scene.sequence_editor.strips
+    cut = frames // cfg["cuts"]
+    for k in range(cfg["cuts"]):  # cut k shows the clip's frames k*cut.. at the same place on the timeline
+        for kind, channel in (("movie", 1), ("sound", 2)):
+            new = coll.new_movie if kind == "movie" else coll.new_sound
+            s = new(f"cut{k}" if kind == "movie" else f"cut{k}.sound", cfg["video"], 20 + channel, 1)
+            s.frame_offset_start = k * cut
+            s.frame_final_end = 1 + (k + 1) * cut
+            s.channel = channel
+    line = cfg["cuts"] * cut // cfg["dubs"]
+    for j in range(cfg["dubs"]):
+        s = coll.new_sound(f"dub{j}", cfg["audio"], 5, 1)
+        s.frame_offset_start = j * line
+        s.frame_final_end = 1 + (j + 1) * line
+    scene.lipsync.segment_source = "STRIP"
+    bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "edit" / "bench_edit.blend"))
+    starts: list[float] = []
+    first: list[float] = []
+    run = worker_client.WorkerProcess.run
+
+    def counted(self):
+        if self.job.get("command") != "check":
+            starts.append(time.perf_counter())
+            inner = self.on_event
+
+            def on_event(ev):
+                if ev.get("event") == "progress" and not first:
+                    first.append(time.perf_counter())
+                inner(ev)
+
+            self.on_event = on_event
+        return run(self)
+
+    worker_client.WorkerProcess.run = counted
+    t0 = time.perf_counter()
+    if bpy.ops.lipsync.sync() != {"FINISHED"}:
+        raise SystemExit("the bench edit's press failed")
+    wall = time.perf_counter() - t0
+    processes = len(starts)
+    t1 = time.perf_counter()
+    bpy.ops.lipsync.sync()
+    again = time.perf_counter() - t1
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"frames": cfg["cuts"] * cut, "face_frames": cfg["cuts"] * cut, "seconds": wall,
+            "fps": cfg["cuts"] * cut / wall, "timings": {}, "device": "blender edit", "dtype": "",
+            "peak_rss_mb": rss, "peak_child_rss_mb": 0.0, "engine_processes": processes,
+            "first_progress_s": (first[0] - t0) if first else None, "second_press_s": again,
+            "second_press_engine_processes": len(starts) - processes}
 
 
 def spawn(cfg: dict) -> dict:
@@ -277,12 +349,41 @@ def bench_batch(seconds: float, device: str, json_path: str, jobs: int = 6) -> i
     return 0
 
 
+def bench_edit(report: dict, clip: Path, speech: Path, ckpt: Path, seconds: float, args) -> int:
+    """One press on an edit of the clip vs one CLI sync of it: detection warm in both (the same cache)."""
+    cli = {"video": str(clip), "audio": str(speech), "checkpoint": str(ckpt), "output": str(OUT / "out.mp4"),
+           "options": {"segments": "all", "device": args.device}}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LIPSYNC_CACHE_DIR=str(OUT / "cache"))
+    subprocess.run([sys.executable, "-m", "lipsync_core", "segments", str(clip), "--device", args.device], cwd=ROOT,
+                   env=env, capture_output=True, check=True)  # fills the detection cache both runs then read
+    runs = {f"CLI sync, {seconds:g} s (detection cached)": cli,
+            f"Blender press, 12 cuts / 6 dub strips, {seconds:g} s": {
+                "video": str(clip), "audio": str(speech), "checkpoint": str(ckpt), "edit": True, "cuts": 12,
+                "dubs": 6, "device": args.device}}
+    for name, cfg in runs.items():
+        r = report["runs"][name] = spawn(dict(cfg))
+        print_run(name, r)
+    cli_r, edit_r = report["runs"].values()
+    report["edit_vs_cli"] = edit_r["seconds"] / cli_r["seconds"]
+    report["load_average"] = os.getloadavg()
+    print(f"\npress / CLI: {report['edit_vs_cli']:.2f}x; engine processes per press: {edit_r['engine_processes']}; "
+          f"first progress after {edit_r['first_progress_s']:.1f} s; second press (unchanged): "
+          f"{edit_r['second_press_s']:.1f} s, {edit_r['second_press_engine_processes']} engine processes; "
+          f"load average {report['load_average'][0]:.1f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python build.py bench")
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="15 s clips instead of 60 s")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--edit", action="store_true",
+                    help="only the edit run: one Lip Sync press in Blender on 12 cuts (dub as 6 strips) vs one CLI "
+                         "sync of the same clip")
     ap.add_argument("--json", default=str(ROOT / "out" / "bench.json"))
     ap.add_argument("--batch", action="store_true",
                     help="only the batch engine's overhead: 6 jobs on a one-node local Ray cluster against the "
@@ -325,6 +426,8 @@ def main(argv=None) -> int:
     report["machine"]["torch"] = torch.__version__
     report["machine"]["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     fixed = {"box": box, "segments": "all", "device": args.device}
+    if args.edit:
+        return bench_edit(report, clip, speech, ckpt, seconds, args)
     main_run = f"fixed box, {seconds:g} s"
     short_run = f"fixed box, {short_s:g} s (memory check)"
     runs = {

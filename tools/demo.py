@@ -500,16 +500,16 @@ def sync(scene_name: str, blend: Path) -> Result:
         raise RuntimeError(f"Lip Sync: {res} ({scene.lipsync.message})")
     scene = bpy.data.scenes[scene_name]
     results = sorted(((s.name, s.channel, s.frame_final_start, s.frame_final_end)
-                      for s in _strips(scene.sequence_editor) if s.get("lipsync_role") == "result"),
+                      for s in _strips(scene.sequence_editor) if s.get("lipsync_key")),
                      key=lambda row: row[2])
     print(f"    {scene.lipsync.message}")
     for name, ch, s, e in results:
-        print(f"    {name}: channel {ch}, frames {s}-{e}")
+        print(f"    {name}: shows its lip-synced result, channel {ch}, frames {s}-{e}")
     muted = [s.name for s in _strips(scene.sequence_editor) if s.mute]
     if muted:
         print(f"    muted under the new line: {', '.join(muted)}")
     bpy.ops.wm.save_mainfile(filepath=str(blend))
-    return Result(f"{len(results)} lip-synced clip(s)", [], results)
+    return Result(f"{len(results)} strip(s) show their lip-synced result", [], results)
 
 
 # --------------------------------------------------------------------------------------------- 7. render
