@@ -408,14 +408,15 @@ def test_a_checkpoint_that_carries_code_is_refused_with_the_workers_own_message(
 
 
 def test_ffv1_preference_places_a_lossless_result_blender_renders(configured, made_media, tmp_path):
-    """Result encoding FFV1: the press writes .mkv (FFV1 + FLAC) results, and Blender plays them: a rendered
+    """Result encoding FFV1: the press writes an .mkv (FFV1 + FLAC) result, and Blender plays it: a rendered
     frame shows the result (its new mouth) and, above the face, exactly the movie's picture."""
     import cv2
 
     from lipsync_core.media import FrameReader, ffprobe_exe
 
-    scene, _, _, speech = _edit("Lossless", made_media)
-    speech.frame_final_end = A0 + 12  # a short result: the check needs a few frames
+    scene, movie, _, speech = _edit("Lossless", made_media)
+    name = movie.name
+    speech.frame_final_end = A0 + 12  # a short dub: the check needs a few frames
     scene.lipsync.segment_source = "STRIP"
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 240, 100
     configured.result_encoding = "FFV1"
@@ -424,9 +425,10 @@ def test_ffv1_preference_places_a_lossless_result_blender_renders(configured, ma
     finally:
         configured.result_encoding = "H264"
     scene = bpy.data.scenes["Lossless"]
-    (res,) = _results(scene)
+    res = scene.sequence_editor.strips[name]  # the cut itself now shows its result file
+    assert res.get("lipsync_key")
     path = Path(bpy.path.abspath(res.filepath))
-    assert path.suffix == ".mkv" and (res.frame_final_start, res.frame_final_end) == (A0, A0 + 12)
+    assert path.suffix == ".mkv"
     codecs = subprocess.run([ffprobe_exe(), "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
                              str(path)], capture_output=True, text=True, check=True).stdout.split()
     assert codecs == ["ffv1", "flac"]
@@ -438,13 +440,13 @@ def test_ffv1_preference_places_a_lossless_result_blender_renders(configured, ma
             bpy.ops.render.render(write_still=True, scene=scene.name)
         return cv2.imread(str(tmp_path / name)).astype(int)
 
-    k = 5
-    scene.frame_set(A0 + k)
+    frame = A0 + 5
+    scene.frame_set(frame)
     got = still("result.png")
-    res.mute = True
-    movie = still("movie.png")
-    res.mute = False
+    k = frame - res.frame_final_start  # the result file holds exactly the cut's visible frames
     own = next(iter(FrameReader(str(path), start_frame=k, end_frame=k + 1))).astype(int)
-    assert np.abs(got - movie).max() > 30  # the result strip is what renders (the mouth differs)
+    be.submodule("apply").restore_original(res)
+    movie_px = still("movie.png")
+    assert np.abs(got - movie_px).max() > 30  # the result is what renders (the mouth differs)
     assert np.abs(got - own).mean() < 2  # and it is the result file's frame, as ffmpeg decodes it
-    assert np.abs(got[:30] - movie[:30]).max() <= 2  # above the face: the movie's own picture
+    assert np.abs(got[:30] - movie_px[:30]).max() <= 2  # above the face: the movie's own picture
