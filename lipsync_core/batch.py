@@ -2,7 +2,7 @@
 
 JOBS.json (format: README "Batch / farm", docs/CONTRACTS.md) is checked whole before anything runs: an unknown
 key or a bad value is refused naming the job and the key (exit 2). Option names and checks are the `sync`
-command's own (cli.add_sync_options), so the CLI and a batch accept exactly the same values.
+command's own (options.add_sync_options), so the CLI and a batch accept exactly the same values.
 
 Each job is prepared here (inputs probed, content key computed, see provenance.py): a job whose output is
 current is skipped, one whose inputs are missing or unreadable fails, the rest run, in this process one after
@@ -99,7 +99,7 @@ class _RaisingParser(argparse.ArgumentParser):
 
 
 def _option_parser() -> argparse.ArgumentParser:
-    from .cli import add_sync_options
+    from .options import add_sync_options
     from .sync import SyncOptions
 
     p = _RaisingParser(prog="JOBS.json options", add_help=False)
@@ -129,7 +129,7 @@ def _option_argv(key: str, value, defaults: dict, where: str) -> list[str]:
 
 def parse_options(raw: dict, where: str):
     """JSON options (the sync CLI's names) -> SyncOptions, checked by the CLI's own parser."""
-    from .cli import options_from_args
+    from .options import options_from_args
 
     if not isinstance(raw, dict):
         raise BatchError(f'{where}: "options" must be an object like {{"crf": 18}}')

@@ -103,8 +103,9 @@ def test_match_audio_cuts_video_to_audio(work):
 
 
 def test_encoding_options_reach_the_engine(work):
-    from lipsync_core.cli import build_parser, options_from_args
+    from lipsync_core.cli import build_parser
     from lipsync_core.errors import LipsyncError
+    from lipsync_core.options import options_from_args
     from lipsync_core.sync import SyncOptions, sync_clips
 
     args = build_parser().parse_args(["sync", "v", "a", "-o", "o.mp4", "--checkpoint", "c",
