@@ -197,7 +197,21 @@ def test_exact_size_keeps_an_odd_size_in_full_chroma(work, tmp_path, codec, suff
     x1, y1, x2, y2 = box
     outside[max(y1 - 4, 0):y2 + 14, max(x1 - 4, 0):x2 + 4] = False
     psnr = _psnr(result[:, outside], frames[:, outside])
+    print(f"exact_size {codec}: outside the face {psnr:.1f} dB")
     assert psnr > 40, psnr
+    if codec == "ffv1":  # lossless: the luma and every 4:2:0 chroma sample (at its own position) kept exactly
+        from lipsync_core.media import ffmpeg_exe
+
+        def planes(path, fmt):
+            raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", fmt,
+                                  "-"], capture_output=True, check=True).stdout
+            return np.frombuffer(raw, np.uint8).reshape(n, -1)
+
+        src, got = planes(source, "yuv420p"), planes(out, "yuv444p").reshape(n, 3, h, w)
+        cw, ch = (w + 1) // 2, (h + 1) // 2
+        assert np.array_equal(src[:, :w * h].reshape(n, h, w)[:, outside], got[:, 0][:, outside])
+        src_u = src[:, w * h:w * h + cw * ch].reshape(n, ch, cw)
+        assert np.array_equal(src_u[:, outside[::2, ::2]], got[:, 1, ::2, ::2][:, outside[::2, ::2]])
     # the mouth was redone (the result is not the source copied)
     assert np.abs(result[:, y2 - 30:y2 - 10, x1 + 20:x2 - 20].astype(int)
                   - frames[:, y2 - 30:y2 - 10, x1 + 20:x2 - 20]).mean() > 3
