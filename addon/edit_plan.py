@@ -88,8 +88,10 @@ RESULT_EXTENSIONS = {"h264": ".mp4", "prores": ".mov", "ffv1": ".mkv"}
 
 
 def engine_options(snap: EditSnapshot) -> dict:
+    # exact_size: a result replaces its cut's movie, so it must have the movie's exact size (an odd one is written
+    # in full chroma rather than padded)
     return {"pads": list(snap.pads), "blend": snap.blend.lower(), "device": snap.device,
-            "detector": "auto", "smooth": True, "box": None, **(snap.options or {})}
+            "detector": "auto", "smooth": True, "box": None, "exact_size": True, **(snap.options or {})}
 
 
 def _identity(path: str) -> list:

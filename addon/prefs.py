@@ -24,7 +24,8 @@ GENERATORS = (
 # The result encodings (the engine's `codec` option, lipsync_core.media.encoder.CODECS); plan.RESULT_EXTENSIONS
 # names the file each is written as.
 ENCODINGS = (
-    ("H264", "H.264", "H.264 + AAC in .mp4, CRF 18: small files, any player (8-bit 4:2:0)"),
+    ("H264", "H.264", "H.264 + AAC in .mp4, CRF 18: small files, any player (8-bit 4:2:0; an odd-"
+                       "sized picture 4:4:4, to keep its size)"),
     ("PRORES", "ProRes 422 HQ", "ProRes 422 HQ + PCM in .mov: an intermediate for grading; 10-bit 4:2:2, so a "
                                 "10-bit source keeps its 10 bits (large files)"),
     ("FFV1", "FFV1 (lossless)", "FFV1 + FLAC in .mkv: lossless, the source's own chroma and bit depth; outside the "

@@ -228,7 +228,7 @@ def _movie_size(strip) -> tuple[int, int] | None:
     return (w, h) if w > 0 and h > 0 else None
 
 
-def strip_problems(scene, strip, fps: float, command: str = "sync") -> list[str]:
+def strip_problems(scene, strip, fps: float, command: str = "sync", codec: str = "h264") -> list[str]:
     """What keeps a cut or a dub strip from being synced exactly, one line each naming the strip."""
     out = []
     path = source_path(strip) if strip.type == "MOVIE" else strip_path(strip)
@@ -241,10 +241,11 @@ def strip_problems(scene, strip, fps: float, command: str = "sync") -> list[str]
             out.append(f"'{strip.name}': runs at {movie_fps:.3f} fps but the scene at {fps:.3f} fps; set the scene "
                        "frame rate to the movie's (Properties > Output > Frame Rate) or conform the clip")
     size = _movie_size(strip) if strip.type == "MOVIE" and not shows_result(strip) and command == "sync" else None
-    if size is not None and (size[0] % 2 or size[1] % 2):
-        out.append(f"'{strip.name}': its picture is {size[0]}x{size[1]}; the result would need an extra pixel "
-                   "row or column (H.264 holds only even sizes) and would not line up exactly; conform the clip "
-                   "to an even size")
+    # H.264 and FFV1 results of an odd size are written 4:4:4 (exact_size); ProRes 422 holds only even widths
+    if size is not None and size[0] % 2 and codec == "prores":
+        out.append(f"'{strip.name}': its picture is {size[0]}x{size[1]}; a ProRes 422 result needs an even width "
+                   "and would not line up exactly; choose Result encoding H.264 or FFV1 (Preferences > Add-ons > "
+                   "Lip Sync), or conform the clip to an even width")
     if retimed(strip):
         out.append(f"'{strip.name}': its speed is changed (retiming keys); Lip Sync needs it at normal speed: "
                    "Strip > Retiming > Reset, or leave it out")
@@ -264,13 +265,14 @@ def take_edit(context, command: str = "sync") -> EditSnapshot:
     if command == "sync" and not any(dubs.values()):
         raise PlanError("No audio strip chosen: add the new dialogue as sound strips under the video and select "
                         "them (or pick one in the Sequencer sidebar > Lip Sync > Audio).")
+    codec = p.result_encoding.lower() if p is not None else "h264"
     problems = []
     checked = set()
     for c in cuts:
         for strip in [c, *dubs[c.name]]:
             if strip.name not in checked:
                 checked.add(strip.name)
-                problems += strip_problems(scene, strip, fps, command)
+                problems += strip_problems(scene, strip, fps, command, codec)
     if problems:
         raise PlanError(problem_report(problems))
     checkpoint = abspath(p.checkpoint_path) if p is not None else ""
@@ -301,5 +303,5 @@ def take_edit(context, command: str = "sync") -> EditSnapshot:
         blend=settings.blend_mode, pads=tuple(int(v) for v in settings.pads), python=python,
         checkpoint=checkpoint, device=p.device.lower() if p is not None else "auto", out_dir=out_dir,
         relative_paths=relative, cache_dir=str(Path(prefs.user_dir()) / "cache"),
-        options={"codec": p.result_encoding.lower() if p is not None else "h264"},
+        options={"codec": codec},
     )

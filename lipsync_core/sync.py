@@ -49,6 +49,9 @@ class SyncOptions:
     preset: str = "superfast"
     # the result's encoding (media.encoder.CODECS): "h264" (.mp4), "prores" (422 HQ, .mov), "ffv1" (lossless, .mkv)
     codec: str = "h264"
+    # the result has the source's exact size: an odd size H.264 / FFV1 cannot hold in 4:2:0 is written in full
+    # chroma (yuv444p) instead of padded (the add-on's results replace movies pixel for pixel; ProRes still pads)
+    exact_size: bool = False
 
 
 @dataclass
@@ -244,7 +247,7 @@ class ClipRenderer:
         colour = YuvColour(info.color_space, info.color_range) if codec.faithful else None
         enc_opts = {"crf": self.opts.crf, "preset": self.opts.preset, "color_space": info.color_space,
                     "codec": codec.name, "frame_format": frame_format, "source_pix_fmt": info.pix_fmt,
-                    "color_range": info.color_range}
+                    "color_range": info.color_range, "exact_size": self.opts.exact_size}
         encoding = codec.label + (f" crf {self.opts.crf}" if codec.name == "h264" else "")
 
         def encode_roundtrip(frames_):
@@ -326,8 +329,10 @@ class ClipRenderer:
             pool.shutdown(wait=True, cancel_futures=True)
             progress.finish("sync")
         # 4:2:0 holds only even sizes (4:2:2 even widths): an odd source gets one extra column / row at the right /
-        # bottom edge. The picture starts at the file's pixel (0, 0); an editor crops `pad` to line it up.
-        out_w, out_h = encoded_size(info.width, info.height, output_pix_fmt(codec.name, info.pix_fmt))
+        # bottom edge (unless exact_size chose full chroma). The picture starts at the file's pixel (0, 0); an
+        # editor crops `pad` to line it up.
+        keep = (info.width, info.height) if self.opts.exact_size else None
+        out_w, out_h = encoded_size(info.width, info.height, output_pix_fmt(codec.name, info.pix_fmt, keep))
         return {"output": output, "frames": n, "face_frames": int(n_face), "size": [info.width, info.height],
                 "pad": [out_w - info.width, out_h - info.height]}
 

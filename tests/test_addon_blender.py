@@ -449,23 +449,9 @@ def test_operators_edit_the_sequencer_scene(configured, made_media):
 # ---------------------------------------------------------------------------- odd-sized movies
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def _render_still(scene, path: Path) -> np.ndarray:
-    import cv2
-
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.filepath = str(path)
-    with bpy.context.temp_override(scene=scene):
-        bpy.ops.render.render(write_still=True, scene=scene.name)
-    return cv2.imread(str(path))
-
-
-def test_odd_sized_movie_is_listed_as_a_problem(configured, made_media, tmp_path):
-    """H.264 (yuv420p) holds only even sizes: a 321x241 result could not line up with its strip exactly."""
+def test_odd_width_is_a_problem_only_for_prores(configured, made_media, tmp_path):
+    """ProRes 422 holds only even widths: a 321x241 result could not line up with its strip exactly, so the
+    press refuses it and names the encodings that can (H.264 / FFV1 write odd sizes 4:4:4: test_addon_e2e)."""
     from lipsync_core.media import ffmpeg_exe
     from tools import sample_media as media
 
@@ -478,7 +464,15 @@ def test_odd_sized_movie_is_listed_as_a_problem(configured, made_media, tmp_path
     coll = scene.sequence_editor.strips
     scene.sequence_editor.active_strip = coll.new_movie("odd", str(src), 1, 1)
     coll.new_sound("speech", str(made_media / "speech.wav"), 2, 1)
-    _refused(bpy.ops.lipsync.sync, "'odd': its picture is 321x241", scene)
+    snapshot = be.submodule("snapshot")
+    assert snapshot.strip_problems(scene, coll["odd"], 25.0, "sync", "h264") == []
+    assert snapshot.strip_problems(scene, coll["odd"], 25.0, "sync", "ffv1") == []
+    configured.result_encoding = "PRORES"
+    try:
+        _refused(bpy.ops.lipsync.sync, "'odd': its picture is 321x241; a ProRes 422 result needs an even width",
+                 scene)
+    finally:
+        configured.result_encoding = "H264"
 
 
 def test_keyframed_dub_volume_is_sampled_per_frame(lipsync_addon, made_media):

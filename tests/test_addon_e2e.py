@@ -450,3 +450,53 @@ def test_ffv1_preference_places_a_lossless_result_blender_renders(configured, ma
     assert np.abs(got - movie_px).max() > 30  # the result is what renders (the mouth differs)
     assert np.abs(got - own).mean() < 2  # and it is the result file's frame, as ffmpeg decodes it
     assert np.abs(got[:30] - movie_px[:30]).max() <= 2  # above the face: the movie's own picture
+
+
+def test_odd_sized_cut_result_lines_up_with_its_movie(configured, made_media, tmp_path):
+    """A 321x241 cut: the result (H.264, written 4:4:4 since 4:2:0 holds only even sizes) has the movie's exact
+    size, so a render with it matches a render of the movie away from the mouth (a padded, shifted result would
+    not)."""
+    import cv2
+
+    from lipsync_core.media import ffmpeg_exe, probe
+    from tools import sample_media
+
+    w, h, n = 321, 241, 12
+    src = tmp_path / "odd.mkv"  # FFV1 4:2:0 keeps the odd size, like the camera files editors cut
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
+                    "-r", "25", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "yuv420p", str(src)],
+                   input=sample_media.astronaut_frames(n, w, h).tobytes(), check=True)
+    scene = be.new_scene("OddCut")
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
+    scene.frame_start, scene.frame_end = 1, n
+    coll = scene.sequence_editor.strips
+    cut = coll.new_movie("odd", str(src), 1, 1)
+    coll.new_sound("speech", str(made_media / "speech.wav"), 2, 1).frame_final_end = 1 + n
+    scene.lipsync.segment_source = "STRIP"
+
+    def still(name):
+        scene.render.image_settings.file_format = "PNG"
+        scene.render.filepath = str(tmp_path / name)
+        with bpy.context.temp_override(scene=scene):
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        return cv2.imread(str(tmp_path / name)).astype(np.float64)
+
+    def psnr(a, b):
+        mse = float(np.mean((a - b) ** 2))
+        return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+    scene.frame_set(6)
+    movie_px = still("movie.png")
+    assert bpy.ops.lipsync.sync() == {"FINISHED"}
+    scene = bpy.data.scenes["OddCut"]
+    res = scene.sequence_editor.strips[cut.name]
+    assert res.get("lipsync_key")
+    info = probe(bpy.path.abspath(res.filepath))
+    assert (info.width, info.height, info.pix_fmt) == (w, h, "yuv444p")
+    scene.frame_set(6)
+    got = still("result.png")
+    assert got.shape == movie_px.shape == (h, w, 3)
+    away = psnr(got[:80], movie_px[:80])  # above the face's lower half: the movie's picture, re-encoded
+    print(f"odd-size cut, render vs movie above the mouth: {away:.1f} dB")
+    assert away > 38, away
+    assert np.abs(got - movie_px).max() > 30  # the result is what renders (the mouth differs)

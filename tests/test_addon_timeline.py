@@ -114,6 +114,7 @@ def test_result_encoding_goes_to_the_job_and_names_the_files(tmp_path, codec):
     cuts = edit_plan.plan_cuts(snap)
     job = edit_plan.edit_job(snap, cuts, [c.output for c in cuts])
     assert job["options"]["codec"] == codec
+    assert job["options"]["exact_size"] is True  # a result replaces its movie: the same size, odd ones too
     # the add-on's table (it cannot import the engine) names each file as the engine writes it
     assert all(Path(c.output).suffix == CODECS[codec].extensions[0] for c in cuts)
     assert set(edit_plan.RESULT_EXTENSIONS) == set(CODECS)

@@ -168,17 +168,63 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def test_odd_sized_movie_lines_up_with_its_source(work, tmp_path):
-    """321x241 cannot be H.264 yuv420p: the result is 322x242 with the extra column and row at the right and
-    bottom only, and the report says so, so an editor can crop it back onto its source to the pixel."""
+def _odd_source(tmp_path, w: int, h: int, n: int):
     from lipsync_core.media import ffmpeg_exe
-    from lipsync_core.sync import SyncOptions, sync
 
-    w, h, n = 321, 241, 12
     source = tmp_path / "odd.mkv"  # FFV1 keeps odd sizes; 4:2:0 like the camera files editors cut
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
                     "-s", f"{w}x{h}", "-r", "25", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "yuv420p", str(source)],
                    input=sample_media.astronaut_frames(n, w, h).tobytes(), check=True)
+    return source
+
+
+@pytest.mark.parametrize("codec,suffix,pix_fmt", [("h264", ".mp4", "yuv444p"), ("ffv1", ".mkv", "yuv444p")])
+def test_exact_size_keeps_an_odd_size_in_full_chroma(work, tmp_path, codec, suffix, pix_fmt):
+    """exact_size (the add-on's results, which replace their movies): 321x241 stays 321x241, written 4:4:4."""
+    from lipsync_core.sync import SyncOptions, sync
+
+    w, h, n = 321, 241, 12
+    source = _odd_source(tmp_path, w, h, n)
+    frames = np.stack(list(FrameReader(str(source))))
+    box = (110, 70, 210, 170)
+    out = tmp_path / f"odd_exact{suffix}"
+    report = sync(str(source), str(work["speech"]), str(out), str(work["ckpt"]),
+                  SyncOptions(segments="all", box=box, cache=False, crf=10, codec=codec, exact_size=True))
+    assert report["size"] == [w, h] and report["pad"] == [0, 0]
+    info = probe(out)
+    assert (info.width, info.height, info.pix_fmt, info.frames) == (w, h, pix_fmt, n)
+    result = np.stack(list(FrameReader(str(out))))
+    outside = np.ones((h, w), bool)
+    x1, y1, x2, y2 = box
+    outside[max(y1 - 4, 0):y2 + 14, max(x1 - 4, 0):x2 + 4] = False
+    psnr = _psnr(result[:, outside], frames[:, outside])
+    print(f"exact_size {codec}: outside the face {psnr:.1f} dB")
+    assert psnr > 40, psnr
+    if codec == "ffv1":  # lossless: the luma and every 4:2:0 chroma sample (at its own position) kept exactly
+        from lipsync_core.media import ffmpeg_exe
+
+        def planes(path, fmt):
+            raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", fmt,
+                                  "-"], capture_output=True, check=True).stdout
+            return np.frombuffer(raw, np.uint8).reshape(n, -1)
+
+        src, got = planes(source, "yuv420p"), planes(out, "yuv444p").reshape(n, 3, h, w)
+        cw, ch = (w + 1) // 2, (h + 1) // 2
+        assert np.array_equal(src[:, :w * h].reshape(n, h, w)[:, outside], got[:, 0][:, outside])
+        src_u = src[:, w * h:w * h + cw * ch].reshape(n, ch, cw)
+        assert np.array_equal(src_u[:, outside[::2, ::2]], got[:, 1, ::2, ::2][:, outside[::2, ::2]])
+    # the mouth was redone (the result is not the source copied)
+    assert np.abs(result[:, y2 - 30:y2 - 10, x1 + 20:x2 - 20].astype(int)
+                  - frames[:, y2 - 30:y2 - 10, x1 + 20:x2 - 20]).mean() > 3
+
+
+def test_odd_sized_movie_lines_up_with_its_source(work, tmp_path):
+    """321x241 cannot be H.264 yuv420p: the result is 322x242 with the extra column and row at the right and
+    bottom only, and the report says so, so an editor can crop it back onto its source to the pixel."""
+    from lipsync_core.sync import SyncOptions, sync
+
+    w, h, n = 321, 241, 12
+    source = _odd_source(tmp_path, w, h, n)
     frames = np.stack(list(FrameReader(str(source))))
     box = (110, 70, 210, 170)
     out = tmp_path / "odd_synced.mp4"

@@ -73,6 +73,13 @@ def test_pixel_formats_follow_the_codec_and_source():
     assert encoded_size(321, 241, "yuv420p") == (322, 242)
     assert encoded_size(321, 241, "yuv422p10le") == (322, 241)
     assert encoded_size(321, 241, "yuv444p") == (321, 241)
+    # keep_size (exact_size): full chroma only where the usual format cannot hold the size; ProRes still pads
+    assert output_pix_fmt("h264", "yuv420p", (321, 241)) == "yuv444p"
+    assert output_pix_fmt("h264", "yuv420p", (320, 240)) == "yuv420p"
+    assert output_pix_fmt("ffv1", "yuv420p10le", (320, 241)) == "yuv444p10le"
+    assert output_pix_fmt("ffv1", "yuv422p", (320, 241)) == "yuv422p"  # 4:2:2 holds an odd height
+    assert output_pix_fmt("ffv1", "yuv422p12le", (321, 240)) == "yuv444p12le"
+    assert output_pix_fmt("prores", "yuv420p", (321, 241)) == "yuv422p10le"
 
 
 def test_ten_bit_source_to_ffv1_keeps_every_sample_outside_the_mouth(media):

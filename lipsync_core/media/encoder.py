@@ -74,10 +74,21 @@ def is_lossless(codec: str, crf: int) -> bool:
     return c.lossless or (c.name == "h264" and crf == 0)
 
 
-def output_pix_fmt(codec: str, source_pix_fmt: str | None = None) -> str:
+def output_pix_fmt(codec: str, source_pix_fmt: str | None = None, keep_size: tuple[int, int] | None = None) -> str:
     """H.264: yuv420p (what every player reads). ProRes 422 HQ: yuv422p10le. FFV1: the source's chroma layout
-    (4:2:0, 4:2:2, 4:4:4) and bit depth (8, 10, 12, 16), so nothing is lost."""
+    (4:2:0, 4:2:2, 4:4:4) and bit depth (8, 10, 12, 16), so nothing is lost.
+
+    keep_size: the picture's (width, height) when the result must have exactly that size (a result that replaces
+    its source in an editor). If the usual format cannot hold it (an odd size in 4:2:0), H.264 and FFV1 take full
+    chroma instead (yuv444p; FFV1 at the usual bit depth); ProRes 422 has no 4:4:4 here and keeps padding."""
     name = codec_of(codec).name
+    usual = _usual_pix_fmt(name, source_pix_fmt)
+    if keep_size is None or name == "prores" or encoded_size(*keep_size, usual) == tuple(keep_size):
+        return usual
+    return re.sub(r"yuv4\d\dp", "yuv444p", usual)
+
+
+def _usual_pix_fmt(name: str, source_pix_fmt: str | None) -> str:
     if name == "h264":
         return "yuv420p"
     if name == "prores":
@@ -123,6 +134,8 @@ class VideoEncoder:
     abort() or an exception inside `with` removes it and leaves `out_path` untouched. Odd sizes (which
     yuv420p cannot hold) get one edge-replicated column / row at the right / bottom edge only, so the file's
     pixel (0, 0) is the source's: see `out_width`/`out_height` (sync reports the difference as `pad`).
+    `exact_size`: no padding where the codec can avoid it: an odd size is written in full chroma instead
+    (output_pix_fmt's keep_size), so the file has the frames' exact size (the add-on's results replace movies).
     H.264 ignores `crf`/`preset` for the other codecs (ProRes has a fixed quality, FFV1 is lossless).
 
     `color_space`: the source's `VideoInfo.color_space`, so the YUV matrix round-trips (None: BT.601,
@@ -137,14 +150,17 @@ class VideoEncoder:
                  audio_start: float = 0.0, n_frames: int | None = None, crf: int = 18,
                  preset: str = "superfast", color_space: str | None = None, queue_frames: int = 8,
                  codec: str = "h264", frame_format: str = "bgr24", source_pix_fmt: str | None = None,
-                 color_range: str | None = None):
+                 color_range: str | None = None, exact_size: bool = False):
         self.out_path = Path(out_path)
         self.codec = codec_of(codec)
         check_output_name(self.out_path, self.codec.name)
         if frame_format not in FRAME_FORMATS:
             raise ValueError(f"frame_format must be one of {FRAME_FORMATS}, not {frame_format!r}")
         self.frame_format = frame_format
-        self.pix_fmt = output_pix_fmt(self.codec.name, source_pix_fmt)
+        self.width, self.height = int(width), int(height)
+        self.exact_size = bool(exact_size)
+        self.pix_fmt = output_pix_fmt(self.codec.name, source_pix_fmt,
+                                      (self.width, self.height) if exact_size else None)
         folder = self.out_path.parent
         if not folder.is_dir():
             raise LipsyncError(f"output folder {folder} does not exist: create it or choose another -o path.")
@@ -155,7 +171,6 @@ class VideoEncoder:
         self.fps = fraction(fps_rational)
         if self.fps is None:
             raise ValueError(f"bad frame rate {fps_rational!r}")
-        self.width, self.height = int(width), int(height)
         self.out_width, self.out_height = encoded_size(self.width, self.height, self.pix_fmt)
         if frame_format == "bgr24":
             self._frame_shape, self._frame_dtype = (self.height, self.width, 3), np.dtype(np.uint8)
