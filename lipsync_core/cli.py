@@ -23,6 +23,7 @@ def _crf(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .faces.speaker import CHOICES
     from .media import X264_PRESETS
     from .sync import SyncOptions
 
@@ -35,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--detector", choices=DETECTORS, default=d.detector,
                         help="face detector: sfd (S3FD, what Wav2Lip was trained with; needs its weights), "
                              "opencv (Haar cascade, offline), auto = sfd if available else opencv")
-        sp.add_argument("--face", choices=("largest", "left", "right", "center"), default=d.face,
-                        help="which face to follow when several are visible (default: largest)")
+        sp.add_argument("--face", choices=CHOICES, default=d.face,
+                        help="which face to lip-sync when several are visible: speaker (the one whose mouth "
+                             "moves with the clip's own sound; the largest when that is unclear), largest, left, "
+                             f"right, center (default: {d.face})")
+        sp.add_argument("--face-at", type=float, nargs=2, metavar=("X", "Y"),
+                        help="lip-sync the face nearest this point (source pixels) at each face segment's first "
+                             "face frame; overrides --face")
         sp.add_argument("--detect-every", type=int, default=d.detect_every, metavar="N",
                         help="run the detector on every N-th frame and track in between (default %(default)s; "
                              "1 = every frame)")
@@ -94,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args):
     from .sync import SyncOptions
 
-    o = SyncOptions(detector=args.detector, face=args.face, detect_every=max(1, args.detect_every),
+    o = SyncOptions(detector=args.detector, face=args.face,
+                    face_at=tuple(args.face_at) if args.face_at else None, detect_every=max(1, args.detect_every),
                     detect_max_every=args.detect_max_every,
                     detect_width=args.detect_width, min_segment_seconds=args.min_segment,
                     cache=not args.no_cache, device=args.device)
@@ -109,6 +116,18 @@ def options_from_args(args):
         o.crf = args.crf
         o.preset = args.x264_preset
     return o
+
+
+def _chosen_text(seg: dict) -> str:
+    """", face 2 of 2 at x1,y1-x2,y2 (speaker, score 0.48)": the face a segment lip-syncs, for the table."""
+    if seg.get("chosen") is None:
+        return ""
+    face = seg["faces"][seg["chosen"]]
+    score = face.get("score")
+    why = seg.get("fallback") or seg.get("choice", "")
+    x1, y1, x2, y2 = (round(v) for v in face["box"])
+    return (f"   face {seg['chosen'] + 1} of {len(seg['faces'])} at {x1},{y1}-{x2},{y2} ({why}"
+            + (f", score {score:.2f}" if score is not None else "") + ")")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seg in result["segments"]:
                     kind = "face   " if seg["face"] else "no face"
                     print(f"  {kind} {seg['start']:8.2f} - {seg['end']:8.2f} s   frames {seg['start_frame']}-"
-                          f"{seg['end_frame']}")
+                          f"{seg['end_frame']}{_chosen_text(seg)}")
             return 0
         result = sync(args.video, args.audio, args.output, args.checkpoint, opts, progress, cancel)
         if json_progress:
