@@ -46,6 +46,7 @@ class Snapshot:
     relative_paths: bool = False  # results placed with paths relative to the .blend (it was saved at the start)
     cache_dir: str = ""  # the engine's detection cache
     options: dict = field(default_factory=dict)
+    face_choice: str | dict = "speaker"  # the video strip's face choice (face_choice.face_option_for)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,31 @@ def segments_job(snap: Snapshot) -> dict:
     s, e = visible_source_range(snap)
     return {"command": "segments", "video": snap.video.path, "start_frame": s, "end_frame": e,
             "options": {"detector": snap.options.get("detector", "auto"), "device": snap.device,
-                        "min_segment_seconds": snap.options.get("min_segment_seconds", 0.5)}}
+                        "min_segment_seconds": snap.options.get("min_segment_seconds", 0.5),
+                        **face_options(snap.face_choice)}}
+
+
+def face_options(choice) -> dict:
+    """A clip's face_choice as the job options `face` / `face_at` (what the segments job takes)."""
+    if isinstance(choice, dict):
+        return {"face_at": list(choice["point"])}
+    return {"face": choice}
+
+
+def face_label(row: dict) -> str:
+    """What a detected face segment lip-syncs, for its marker: "speaker, left of 2", "largest: no sound", ..."""
+    faces, k = row.get("faces"), row.get("chosen")
+    if not faces or k is None or not 0 <= k < len(faces):
+        return ""
+    kind = str(row.get("choice") or "").split(" ")[0]
+    if row.get("fallback"):
+        kind = f"largest: {row['fallback']}"
+    if len(faces) == 1:
+        return kind
+    centres = sorted((f["box"][0] + f["box"][2]) / 2 for f in faces)
+    rank = centres.index((faces[k]["box"][0] + faces[k]["box"][2]) / 2)
+    where = {0: "left"}.get(rank, "right" if rank == len(faces) - 1 else f"{rank + 1}th from left")
+    return f"{kind}, {where} of {len(faces)}"
 
 
 def detected_ranges(result: dict) -> list[tuple[int, int, bool]]:
@@ -94,7 +119,9 @@ def detected_ranges(result: dict) -> list[tuple[int, int, bool]]:
 def detected_segments(snap: Snapshot, result: dict) -> list[TimelineSegment]:
     """Detection result -> segments in timeline frames covering the video strip's visible range exactly."""
     t = snap.video.timing
-    rows = [(tl.timeline_frame(t, s), tl.timeline_frame(t, e), f) for s, e, f in detected_ranges(result)]
+    labels = [face_label(r) for r in result["segments"]]
+    rows = [(tl.timeline_frame(t, s), tl.timeline_frame(t, e), f, label)
+            for (s, e, f), label in zip(detected_ranges(result), labels)]
     return tl.cover(rows, *t.visible)
 
 
@@ -184,7 +211,7 @@ def sync_job(snap: Snapshot, clips: list[Clip]) -> dict:
     return {
         "command": "sync", "video": snap.video.path, "audio": snap.audio.path, "checkpoint": snap.checkpoint,
         "clips": [{"start_frame": c.src_start, "end_frame": c.src_end, "audio_start": c.audio_start,
-                   "output": c.output, "face": True} for c in clips],
+                   "output": c.output, "face": True, "face_choice": snap.face_choice} for c in clips],
         "options": {"pads": list(snap.pads), "blend": snap.blend.lower(), "device": snap.device,
                     "batch_size": snap.options.get("batch_size"), "detector": snap.options.get("detector", "auto"),
                     "smooth": True, "box": None},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from . import compat, prefs, worker_client
+from . import compat, face_choice, prefs, worker_client
 from . import timeline as tl
 from .plan import PlanError, Snapshot, StripRef
 
@@ -178,5 +178,5 @@ def take(context, command: str) -> Snapshot:
         segment_source=settings.segment_source, blend=settings.blend_mode,
         pads=tuple(int(v) for v in settings.pads), python=python, checkpoint=checkpoint,
         device=p.device.lower() if p is not None else "auto", out_dir=out_dir, relative_paths=relative,
-        cache_dir=str(Path(prefs.user_dir()) / "cache"),
+        cache_dir=str(Path(prefs.user_dir()) / "cache"), face_choice=face_choice.face_option_for(video),
     )
