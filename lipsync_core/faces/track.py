@@ -602,7 +602,8 @@ def fixed_boxes(n: int, box: Sequence[int], width: int, height: int) -> np.ndarr
 
 # ----------------------------------------------------------------------------------------------- every face
 
-ALL_FACES_EVERY = 10  # frames between whole-frame detections when every face is followed (flow in between)
+ALL_FACES_EVERY = 10  # frames between detections when every face is followed (optical flow in between)
+ALL_FACES_DISCOVER = 3  # ... every this many of those detect the whole frame (new faces); the rest look near
 
 
 @dataclass
@@ -662,9 +663,11 @@ class FaceSet:
 class AllFaces:
     """Follows every face of a frame stream: `feed(frame)` per frame, then `result()`.
 
-    The detector runs on the whole frame every `every` frames (and on the last one); detections are matched to
-    the faces followed so far where the optical flow carried them, unmatched ones start new faces, and the
-    boxes between two detections follow the flow, bent to end on the detection (as `track_faces` does). The
+    Every `every` frames (and on the last one) the detector looks near each followed face where the optical flow
+    carried it; every ALL_FACES_DISCOVER-th time, when there is no face, or when a followed face is not found
+    near where it should be, it looks at the whole frame, and detections that match no followed face start new
+    ones. The boxes between two detections follow the flow, bent to end on the detection (as `track_faces`
+    does). The
     mouth motion of each face is measured on the grey frames as the boxes become known, so frames are kept
     only from the oldest face still waiting to be seen again."""
 
@@ -673,6 +676,7 @@ class AllFaces:
         from .speaker import mouth_motion
 
         self.detector, self.scale, self.every, self.cancel = detector, float(scale), max(1, int(every)), cancel
+        self.near = getattr(detector, "detect_near", None)
         self.original_size = original_size
         self._mouth = mouth_motion
         self.n = 0
@@ -698,39 +702,58 @@ class AllFaces:
     def _keyframe(self, j: int, frame: np.ndarray) -> None:
         if self.cancel is not None:
             self.cancel.check()
-        dets = np.asarray(self.detector.detect([frame])[0], np.float32).reshape(-1, 5)
         self._last_key = j
         live = [f for f in self._faces if not f["ended"]]
-        # candidate pairs (preference, face, detection) where the flow's prediction matches the detection
+        for f in live:  # where the flow carried each face since it was last seen
+            f["path"] = self.motion.chain(f["row"], f["seen"], j, self.greys)
+        whole = not live or self.near is None or (j // self.every) % ALL_FACES_DISCOVER == 0
+        if not whole:
+            dets = np.zeros((0, 5), np.float32)
+            for f in live:  # a search near one face may have found the others already (same size, near)
+                if not (len(dets) and _matches(f["path"][-1], dets[:, :4])[0].any()):
+                    near = np.asarray(self.near([frame], [f["path"][-1]])[0], np.float32).reshape(-1, 5)
+                    dets = np.concatenate([dets, near])
+            dets = dets[nms_rows(dets)] if len(dets) > 1 else dets
+            used = self._match(live, dets)
+            whole = len(used) < len(live)  # a face is not where it should be: look at the whole frame
+        if whole:
+            dets = np.asarray(self.detector.detect([frame])[0], np.float32).reshape(-1, 5)
+            used = self._match(live, dets)
+            for d in range(len(dets)):  # faces that match no followed one are new
+                if d not in used.values():
+                    self._faces.append({"start": j, "rows": [dets[d, :4].astype(np.float64)], "motion": [np.nan],
+                                        "seen": j, "row": dets[d, :4].astype(np.float64), "ended": False})
+        for fi, f in enumerate(live):
+            if fi in used:
+                self._extend(f, j, dets[used[fi]])
+            elif j - f["seen"] > LOST_PATIENCE:
+                f["ended"] = True
+        self._forget(j)
+
+    def _match(self, live: list, dets: np.ndarray) -> dict:
+        """{face index in live: detection index}: each face to the detection best matching where the flow put
+        it, each detection used once."""
         pairs = []
         for fi, f in enumerate(live):
-            f["expect"] = self.motion.chain(f["row"], f["seen"], j, self.greys)[-1]
             if len(dets):
-                match, pref = _matches(f["expect"], dets[:, :4])
+                match, pref = _matches(f["path"][-1], dets[:, :4])
                 pairs += [(float(pref[d]), fi, d) for d in np.flatnonzero(match)]
-        used_f, used_d = set(), set()
+        used: dict = {}
         for _, fi, d in sorted(pairs, key=lambda p: -p[0]):
-            if fi in used_f or d in used_d:
-                continue
-            used_f.add(fi)
-            used_d.add(d)
-            self._extend(live[fi], j, dets[d])
-        for fi, f in enumerate(live):
-            if fi not in used_f and j - f["seen"] > LOST_PATIENCE:
-                f["ended"] = True
-        for d in range(len(dets)):
-            if d not in used_d:
-                self._faces.append({"start": j, "rows": [dets[d, :4].astype(np.float64)], "motion": [np.nan],
-                                    "seen": j, "row": dets[d, :4].astype(np.float64), "ended": False})
+            if fi not in used and d not in used.values():
+                used[fi] = d
+        return used
+
+    def _forget(self, j: int) -> None:
         keep = min([j] + [f["seen"] for f in self._faces if not f["ended"]])
         for i in [i for i in self.greys if i < keep]:
             del self.greys[i]
         self.motion.forget(keep)
 
     def _extend(self, f: dict, j: int, det: np.ndarray) -> None:
-        """Rows of frames seen+1..j for face f, now seen again at keyframe j as `det`."""
+        """Rows of frames seen+1..j for face f, now seen again at keyframe j as `det` (f["path"]: the flow's)."""
         a = f["seen"]
-        p = self.motion.chain(f["row"], a, j, self.greys)
+        p = f["path"]
         w = (np.arange(1, j - a + 1) / (j - a))[:, None]
         rows = p[1:] + w * (det[:4] - p[-1])
         rows[-1] = det[:4]
@@ -756,6 +779,16 @@ class AllFaces:
             faces.append(FollowedFace(f["start"], boxes.astype(np.float32),
                                       np.array(f["motion"], np.float32)))
         return FaceSet(faces, self.n, width, height)
+
+
+def nms_rows(dets: np.ndarray, overlap: float = 0.5) -> np.ndarray:
+    """Indices of detections kept when those overlapping a better-scored one by `overlap` IoU are dropped
+    (the same face found by two searches)."""
+    keep: list[int] = []
+    for i in np.argsort(-dets[:, 4]):
+        if all(iou(dets[k, :4], dets[i:i + 1, :4])[0] < overlap for k in keep):
+            keep.append(int(i))
+    return np.array(sorted(keep), int)
 
 
 def follow_all_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, every: int = ALL_FACES_EVERY,
