@@ -94,7 +94,7 @@ def test_detected_face_labels_become_parseable_marker_names():
            "faces": [{"box": [300, 10, 400, 110]}, {"box": [10, 10, 110, 110]}]}
     assert plan.face_label(row) == "speaker, left of 2"
     assert plan.face_label({**row, "fallback": "no sound"}) == "largest: no sound, left of 2"
-    assert plan.face_label({**row, "faces": row["faces"][:1], "chosen": 0}) == "speaker"
+    assert plan.face_label({**row, "faces": row["faces"][:1], "chosen": 0}) == ""  # one face: nothing chosen
     assert plan.face_label({"start_frame": 0, "end_frame": 5, "face": False}) == ""
     # a speaker change: two face segments side by side stay two segments, each with its own marker
     segs = tl.cover([(10, 40, True, "speaker, left of 2"), (40, 70, True, "speaker, right of 2")], 0, 80)

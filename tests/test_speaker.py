@@ -232,3 +232,15 @@ def test_no_clear_speaker_falls_back_to_the_largest():
                                          lambda s, e: loud[s:e])
     assert reports[0].fallback == "no clear speaker" and reports[0].chosen == 1
     assert "no face's mouth follows" in speaker.fallback_warning(reports)
+
+
+def test_the_one_face_track_carries_the_chosen_face_to_its_exact_end():
+    """The every-face follower sees a face only every few frames; where the one-face track follows the same
+    face on, the face segment ends where that track says, not at the last detection."""
+    face = _face(0, 21, 10)  # last detected at frame 20
+    base = np.full((40, 4), np.nan)
+    base[:27] = [11, 11, 51, 51]  # the face really leaves after frame 26
+    segs, rows, _ = speaker.choose_faces([Segment(0, 27, True), Segment(27, 40, False)], base,
+                                         FaceSet([face], 40, 200, 100), speaker.FaceChoice("speaker"), None)
+    assert [(s.start_frame, s.end_frame, s.face) for s in segs] == [(0, 27, True), (27, 40, False)]
+    assert not np.isnan(rows[:27]).any() and np.isnan(rows[27:]).all()

@@ -304,11 +304,16 @@ def choose_faces(segments: list, base: np.ndarray, faceset, choice: FaceChoice,
             with np.errstate(invalid="ignore"):
                 same = iou_rows(mine, theirs) >= 0.3
             rows[first:end] = np.where(same[:, None], theirs, mine)
-            # frames before the followed face's first detection that the one-face track has on the same face
+            # frames before the followed face's first detection, and after its last one (it is detected only every
+            # few frames), that the one-face track has on the same face: its face / no-face changes are exact
             for t in range(first - 1, pos - 1, -1):
                 if np.isnan(base[t]).any() or iou(rows[t + 1], base[t][None])[0] < 0.3:
                     break
                 rows[t] = base[t]
+            while end < report.end_frame and not np.isnan(base[end]).any() \
+                    and iou(rows[end - 1], base[end][None])[0] >= 0.3:
+                rows[end] = base[end]
+                end += 1
             report.end_frame = end
             out.append(Segment(pos, end, True, seg.fps))
             reports.append(report)
