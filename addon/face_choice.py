@@ -94,14 +94,13 @@ def strip_source_point(strip, view_xy):
                              flip=(strip.use_flip_x, strip.use_flip_y))
 
 
-def _target_strip(context):
-    from . import compat, snapshot
+def _scene_strips(context):
+    from . import compat
 
     scene = compat.edit_scene(context)
     if scene is None or scene.sequence_editor is None:
         return None
-    st = scene.lipsync
-    return snapshot.find_strip(scene, st.video_strip) if st.video_strip else snapshot.default_video(scene)
+    return compat.strips_all(scene.sequence_editor)
 
 
 class LIPSYNC_OT_pick_face(bpy.types.Operator):
@@ -115,10 +114,18 @@ class LIPSYNC_OT_pick_face(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _target_strip(context) is not None
+        return _scene_strips(context) is not None
 
     def invoke(self, context, event):
-        self.strip_name = _target_strip(context).name
+        strips = _scene_strips(context)
+        if not self.strip_name:  # the panel names the strip it shows; else the active movie strip
+            from . import compat
+
+            active = compat.edit_scene(context).sequence_editor.active_strip
+            self.strip_name = active.name if active is not None and active.type == "MOVIE" else ""
+        if strips.get(self.strip_name) is None:
+            self.report({"ERROR"}, "Pick a movie strip (make it active) first")
+            return {"CANCELLED"}
         context.window_manager.modal_handler_add(self)
         if context.area is not None:
             context.area.header_text_set("Click the face to lip-sync in the preview (Esc: cancel)")
@@ -138,9 +145,7 @@ class LIPSYNC_OT_pick_face(bpy.types.Operator):
         if region is None:
             self.report({"WARNING"}, "Click inside the Sequencer preview")
             return {"RUNNING_MODAL"}
-        from . import compat
-
-        strip = compat.strips_all(compat.edit_scene(context).sequence_editor).get(self.strip_name)
+        strip = _scene_strips(context).get(self.strip_name)
         view = region.view2d.region_to_view(event.mouse_x - region.x, event.mouse_y - region.y)
         point = strip_source_point(strip, view) if strip is not None else None
         if point is None:
@@ -175,7 +180,7 @@ def draw(layout, strip) -> None:
     col.prop(strip.lipsync_face, "mode", text="Face")
     if strip.lipsync_face.mode == "POINT":
         col.prop(strip.lipsync_face, "point", text="X, Y")
-    col.operator("lipsync.pick_face", icon="EYEDROPPER")
+    col.operator("lipsync.pick_face", icon="EYEDROPPER").strip_name = strip.name
 
 
 classes = (LIPSYNC_PG_face, LIPSYNC_OT_pick_face)

@@ -74,7 +74,7 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     (FaceTrack, FaceSet); the one-face track then follows the largest face."""
     from .faces import cache
     from .faces.detectors import get_detector
-    from .faces.speaker import RULES
+    from .faces.speaker import RULES, mouth_motion
     from .faces.track import AllFaces, track_faces
     from .media import FrameReader, probe
 
@@ -101,8 +101,8 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
             return (track, faceset) if all_faces else track
     t0 = time.perf_counter()
     detector = get_detector(opts.detector, device=opts.device, log=progress.log)
-    follower = AllFaces(detector, scale, original_size=(info.width, info.height), cancel=cancel) \
-        if all_faces and faceset is None else None
+    follower = AllFaces(detector, scale, original_size=(info.width, info.height), cancel=cancel,
+                        mouth=mouth_motion) if all_faces and faceset is None else None
     with FrameReader(video, size=(width, height), info=info) as frames:
         stream = frames if follower is None else _fed_to(frames, follower.feed)
         if track is None:

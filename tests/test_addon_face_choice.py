@@ -88,6 +88,13 @@ def test_panel_shows_the_face_choice_and_the_pick_button(lipsync_addon, made_med
     assert ("prop", "point") in _draw(bpy.types.LIPSYNC_PT_panel)
 
 
+def test_pick_operator_is_registered_for_the_sequencer(lipsync_addon):
+    """The modal click itself needs a window (not headless): its conversion is tested above."""
+    be.new_scene("PickPoll")
+    assert bpy.ops.lipsync.pick_face.poll()
+    assert "strip_name" in bpy.ops.lipsync.pick_face.get_rna_type().properties
+
+
 def test_detected_face_labels_become_parseable_marker_names():
     tl, plan = be.submodule("timeline"), be.submodule("plan")
     row = {"start_frame": 0, "end_frame": 50, "face": True, "choice": "speaker", "chosen": 1, "fallback": None,

@@ -672,13 +672,13 @@ class AllFaces:
     only from the oldest face still waiting to be seen again."""
 
     def __init__(self, detector, scale: float = 1.0, every: int = ALL_FACES_EVERY,
-                 original_size: tuple[int, int] | None = None, cancel: CancelToken | None = None) -> None:
-        from .speaker import mouth_motion
-
+                 original_size: tuple[int, int] | None = None, cancel: CancelToken | None = None,
+                 mouth: Callable | None = None) -> None:
         self.detector, self.scale, self.every, self.cancel = detector, float(scale), max(1, int(every)), cancel
         self.near = getattr(detector, "detect_near", None)
         self.original_size = original_size
-        self._mouth = mouth_motion
+        # mouth(prev_grey, grey, prev_box, box) -> float: the mouth measure (speaker.mouth_motion); None: NaN
+        self._mouth = mouth or (lambda *_: float("nan"))
         self.n = 0
         self.greys: dict[int, np.ndarray] = {}
         self.motion = _Motion()
@@ -792,9 +792,10 @@ def nms_rows(dets: np.ndarray, overlap: float = 0.5) -> np.ndarray:
 
 
 def follow_all_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, every: int = ALL_FACES_EVERY,
-                     original_size: tuple[int, int] | None = None, cancel: CancelToken | None = None) -> FaceSet:
+                     original_size: tuple[int, int] | None = None, cancel: CancelToken | None = None,
+                     mouth: Callable | None = None) -> FaceSet:
     """Every face of `frames` followed (see AllFaces); boxes in original pixels (detected / `scale`)."""
-    follower = AllFaces(detector, scale, every, original_size, cancel)
+    follower = AllFaces(detector, scale, every, original_size, cancel, mouth)
     for f in frames:
         follower.feed(f)
     return follower.result()
