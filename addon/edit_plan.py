@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import timeline as tl
-from .plan import PlanError, detected_ranges
+from .plan import PlanError, detected_ranges, face_label
 from .timeline import Timing
 
 KEY_VERSION = 1  # bump when the engine's output for the same inputs changes: every result is made again once
@@ -39,6 +39,7 @@ class CutRef:
     fps: float  # the source's, as Blender read it
     shown: str  # the file the strip shows now (absolute)
     markers: tuple[tuple[int, str], ...] = ()  # scene markers inside the cut's visible range
+    face_choice: object = "speaker"  # which face it lip-syncs (face_choice.face_option_for): a name or {"point"}
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,12 @@ class CutPlan:
     segments: object  # "auto" | "all" | [{"start_frame", "end_frame", "face"}]
     key: str
     output: str  # the result's final path (named after the key)
+    face_choice: object = "speaker"
 
     def job_clip(self, output: str) -> dict:
         return {"video": self.video, "start_frame": self.start_frame, "end_frame": self.end_frame,
                 "output": output, "segments": self.segments, "dub": [dict(d) for d in self.dub],
-                "sync_ranges": [list(r) for r in self.source_dub_ranges]}
+                "sync_ranges": [list(r) for r in self.source_dub_ranges], "face_choice": self.face_choice}
 
     @property
     def source_dub_ranges(self) -> list[tuple[int, int]]:
@@ -184,11 +186,11 @@ def plan_cuts(snap: EditSnapshot) -> list[CutPlan]:
                 raise PlanError(f"'{cut.name}': it shows frames before its file starts; trim its start")
             cplan = CutPlan(cut.name, cut.path, s, e, (lo, hi), tuple(parts), tuple(ranges), segments, "", "")
             key = content_key(cut.path, (s, e), segments, parts, cplan.source_dub_ranges, snap.checkpoint,
-                              options)
+                              {**options, "face_choice": cut.face_choice})
             ext = RESULT_EXTENSIONS[options.get("codec", "h264")]
             out = str(Path(snap.out_dir) / f"{_safe(Path(cut.path).stem)}_{s}-{e}_{key[:12]}{ext}")
             plans.append(CutPlan(cut.name, cut.path, s, e, (lo, hi), tuple(parts), tuple(ranges), segments,
-                                 key, out))
+                                 key, out, cut.face_choice))
         except PlanError as exc:
             problems.append(str(exc))
         except OSError as exc:
@@ -239,7 +241,8 @@ def result_segments(plan: CutPlan, result: dict) -> list[tl.TimelineSegment]:
 def detect_job(snap: EditSnapshot) -> dict:
     """Face / no-face segments of every cut's visible source range, in one worker."""
     clips = [{"video": c.path, "start_frame": tl.source_frame(c.timing, c.timing.visible[0]),
-              "end_frame": tl.source_frame(c.timing, c.timing.visible[1])} for c in snap.cuts]
+              "end_frame": tl.source_frame(c.timing, c.timing.visible[1]), "face_choice": c.face_choice}
+             for c in snap.cuts]
     opts = snap.options or {}
     return {"command": "segments", "clips": clips,
             "options": {"detector": opts.get("detector", "auto"), "device": snap.device,
@@ -248,8 +251,9 @@ def detect_job(snap: EditSnapshot) -> dict:
 
 def detected_segments(cut: CutRef, answer: dict) -> list[tl.TimelineSegment]:
     """One cut's segments answer -> segments in timeline frames covering its visible range exactly."""
-    rows = [(tl.timeline_frame(cut.timing, s), tl.timeline_frame(cut.timing, e), f)
-            for s, e, f in detected_ranges(answer)]
+    labels = [face_label(r) for r in answer["segments"]]  # which face each lip-syncs, where several show
+    rows = [(tl.timeline_frame(cut.timing, s), tl.timeline_frame(cut.timing, e), f, label)
+            for (s, e, f), label in zip(detected_ranges(answer), labels)]
     return tl.cover(rows, *cut.timing.visible)
 
 

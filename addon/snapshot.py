@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from . import compat, prefs, worker_client
+from . import compat, face_choice, prefs, worker_client
 from . import timeline as tl
 from .edit_plan import CutRef, DubRef, EditSnapshot, problem_report
 from .plan import PlanError
@@ -295,7 +295,7 @@ def take_edit(context, command: str = "sync") -> EditSnapshot:
         t = source_timing(c)
         lo, hi = t.visible
         cut_refs.append(CutRef(c.name, source_path(c), t, float(getattr(c, "fps", 0.0) or fps), strip_path(c),
-                               tuple(tl.markers_in_range(markers, lo, hi))))
+                               tuple(tl.markers_in_range(markers, lo, hi)), face_choice.face_option_for(c)))
     dub_refs = {c.name: tuple(DubRef(d.name, strip_path(d), timing(d), float(d.volume), volume_per_frame(scene, d))
                               for d in dubs[c.name]) for c in cuts}
     return EditSnapshot(

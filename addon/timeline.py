@@ -9,7 +9,7 @@ frame_offset_start/end (the trims) only hide part of the content; they do not sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 MARKER_PREFIX = "LS "
@@ -97,6 +97,7 @@ class TimelineSegment:
     start: int  # timeline frames, end exclusive
     end: int
     face: bool | None  # None: not known yet (markers placed by hand)
+    label: str = field(default="", compare=False)  # which face a detected face segment lip-syncs (its marker)
 
     @property
     def length(self) -> int:
@@ -104,7 +105,7 @@ class TimelineSegment:
 
 
 def face_from_marker_name(name: str) -> bool | None:
-    if name == MARKER_FACE:
+    if name == MARKER_FACE or name.startswith(MARKER_FACE + " ("):  # "LS face (speaker, left of 2)"
         return True
     if name == MARKER_NOFACE:
         return False
@@ -128,7 +129,8 @@ def segments_from_markers(markers: list[tuple[int, str]], lo: int, hi: int) -> l
 
 def markers_for_segments(segments: list[TimelineSegment]) -> list[tuple[int, str]]:
     """One marker at each segment start saying which side has a face, plus one at the last end."""
-    out = [(s.start, MARKER_FACE if s.face else MARKER_NOFACE) for s in segments]
+    out = [(s.start, (f"{MARKER_FACE} ({s.label})" if s.label else MARKER_FACE) if s.face else MARKER_NOFACE)
+           for s in segments]
     if segments:
         out.append((segments[-1].end, MARKER_END))
     return out
@@ -138,29 +140,30 @@ def is_own_marker(name: str) -> bool:
     return name.startswith(MARKER_PREFIX)
 
 
-def cover(ranges: list[tuple[int, int, bool]], lo: int, hi: int) -> list[TimelineSegment]:
-    """Face/no-face ranges (any order, gaps allowed) -> segments covering [lo, hi) exactly.
+def cover(ranges: list[tuple], lo: int, hi: int) -> list[TimelineSegment]:
+    """Face/no-face ranges (start, end, face[, label]; any order, gaps allowed) -> segments covering [lo, hi)
+    exactly.
 
-    Gaps count as no face; neighbours with the same status are merged.
+    Gaps count as no face; neighbours with the same status (and label: which face they lip-sync) are merged.
     """
     segs: list[TimelineSegment] = []
 
-    def push(s: int, e: int, face: bool) -> None:
+    def push(s: int, e: int, face: bool, label: str = "") -> None:
         if e <= s:
             return
-        if segs and segs[-1].face == face and segs[-1].end == s:
-            segs[-1] = TimelineSegment(segs[-1].start, e, face)
+        if segs and segs[-1].face == face and segs[-1].end == s and segs[-1].label == label:
+            segs[-1] = TimelineSegment(segs[-1].start, e, face, label)
         else:
-            segs.append(TimelineSegment(s, e, face))
+            segs.append(TimelineSegment(s, e, face, label))
 
     pos = lo
-    for s, e, face in sorted(ranges):
+    for s, e, face, *label in sorted(ranges):
         s, e = max(s, lo), min(e, hi)
         if e <= pos:
             continue
         s = max(s, pos)
         push(pos, s, False)
-        push(s, e, bool(face))
+        push(s, e, bool(face), label[0] if label and face else "")
         pos = e
     push(pos, hi, False)
     return segs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import compat, jobs, prefs, snapshot
+from . import compat, face_choice, jobs, prefs, snapshot
 
 
 class LIPSYNC_PT_panel(bpy.types.Panel):
@@ -47,6 +47,7 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
         col.prop(st, "blend_mode")
         row = col.row(align=True)
         row.prop(st, "pads")
+        face_choice.draw(col, video)  # stored on the movie strip: Speaker, Largest, Left, Right or a point
 
         job = jobs.current
         row = layout.row(align=True)

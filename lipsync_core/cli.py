@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _chosen_text(seg: dict) -> str:
+    """", face 2 of 2 at x1,y1-x2,y2 (speaker, score 0.48)": the face a segment lip-syncs, for the table."""
+    if seg.get("chosen") is None:
+        return ""
+    face = seg["faces"][seg["chosen"]]
+    score = face.get("score")
+    why = seg.get("fallback") or seg.get("choice", "")
+    x1, y1, x2, y2 = (round(v) for v in face["box"])
+    return (f"   face {seg['chosen'] + 1} of {len(seg['faces'])} at {x1},{y1}-{x2},{y2} ({why}"
+            + (f", score {score:.2f}" if score is not None else "") + ")")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seg in result["segments"]:
                     kind = "face   " if seg["face"] else "no face"
                     print(f"  {kind} {seg['start']:8.2f} - {seg['end']:8.2f} s   frames {seg['start_frame']}-"
-                          f"{seg['end_frame']}")
+                          f"{seg['end_frame']}{_chosen_text(seg)}")
             return 0
         result = sync(args.video, args.audio, args.output, args.checkpoint, opts, progress, cancel)
         if json_progress:

@@ -22,8 +22,15 @@ def add_detection_options(sp, d) -> None:
     sp.add_argument("--detector", choices=DETECTORS, default=d.detector,
                     help="face detector: sfd (S3FD, what Wav2Lip was trained with; needs its weights), "
                          "opencv (Haar cascade, offline), auto = sfd if available else opencv")
-    sp.add_argument("--face", choices=("largest", "left", "right", "center"), default=d.face,
-                    help="which face to follow when several are visible (default: largest)")
+    from .faces.speaker import CHOICES
+
+    sp.add_argument("--face", choices=CHOICES, default=d.face,
+                    help="which face to lip-sync when several are visible: speaker (the one whose mouth "
+                         "moves with the clip's own sound; the largest when that is unclear), largest, left, "
+                         f"right, center (default: {d.face})")
+    sp.add_argument("--face-at", type=float, nargs=2, metavar=("X", "Y"),
+                    help="lip-sync the face nearest this point (source pixels) at each face segment's first "
+                         "face frame; overrides --face")
     sp.add_argument("--detect-every", type=int, default=d.detect_every, metavar="N",
                     help="run the detector on every N-th frame and track in between (default %(default)s; "
                          "1 = every frame)")
@@ -72,7 +79,8 @@ def add_sync_options(y, d) -> None:
 def options_from_args(args):
     from .sync import SyncOptions
 
-    o = SyncOptions(detector=args.detector, face=args.face, detect_every=max(1, args.detect_every),
+    o = SyncOptions(detector=args.detector, face=args.face,
+                    face_at=tuple(args.face_at) if args.face_at else None, detect_every=max(1, args.detect_every),
                     detect_max_every=args.detect_max_every,
                     detect_width=args.detect_width, min_segment_seconds=args.min_segment,
                     cache=not args.no_cache, device=args.device)

@@ -9,6 +9,7 @@ batch size, not by the clip's length.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import defaultdict
@@ -32,7 +33,8 @@ class SyncOptions:
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (the reference's order)
     smooth: bool = True
     detector: str = "auto"
-    face: str = "largest"  # which face to follow: largest | left | right | center
+    face: str = "largest"  # which face to lip-sync: speaker | largest | left | right | center
+    face_at: tuple[float, float] | None = None  # or the face nearest this point (source pixels): overrides `face`
     blend: str = "feather"  # feather | box
     device: str = "auto"
     batch_size: int | None = None  # None: per device
@@ -70,11 +72,15 @@ class StageClock:
 
 
 def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress | None = None,
-                  cancel: CancelToken | None = None, clock: StageClock | None = None):
-    """One FaceTrack for the whole video: from the cache when the same file was analysed before."""
+                  cancel: CancelToken | None = None, clock: StageClock | None = None, all_faces: bool = False):
+    """One FaceTrack for the whole video: from the cache when the same file was analysed before.
+
+    all_faces: also follow every face (for --face speaker / --face-at) in the same decoding pass, and return
+    (FaceTrack, FaceSet); the one-face track then follows the largest face."""
     from .faces import cache
     from .faces.detectors import get_detector
-    from .faces.track import track_faces
+    from .faces.speaker import RULES, mouth_motion
+    from .faces.track import AllFaces, track_faces
     from .media import FrameReader, probe
 
     info = info or probe(video)
@@ -83,25 +89,93 @@ def analyze_faces(video: str, opts: SyncOptions, info=None, progress: Progress |
     width -= width % 2
     height = max(2, int(round(info.height * width / info.width / 2)) * 2)
     scale = width / info.width
-    settings = {"detector": opts.detector, "width": width, "every": opts.detect_every, "face": opts.face,
+    select = opts.face if opts.face in RULES and opts.face_at is None else "largest"
+    settings = {"detector": opts.detector, "width": width, "every": opts.detect_every, "face": select,
                 "max_every": opts.detect_max_every, "version": cache.CACHE_VERSION}
+    track = faceset = None
     if opts.cache:
         track = cache.load_track(video, settings)
-        if track is not None and len(track.boxes) == info.frames:
+        if track is not None and len(track.boxes) != info.frames:
+            track = None
+        if all_faces:
+            faceset = cache.load_faceset(video, settings)
+            if faceset is not None and faceset.frames != info.frames:
+                faceset = None
+        if track is not None and (faceset is not None or not all_faces):
             progress.log("face detection: reused the cached result for this file")
-            return track
+            return (track, faceset) if all_faces else track
     t0 = time.perf_counter()
     detector = get_detector(opts.detector, device=opts.device, log=progress.log)
+    follower = AllFaces(detector, scale, original_size=(info.width, info.height), cancel=cancel,
+                        mouth=mouth_motion) if all_faces and faceset is None else None
     with FrameReader(video, size=(width, height), info=info) as frames:
-        track = track_faces(frames, detector, scale=scale, detect_every=opts.detect_every,
-                            max_every=opts.detect_max_every, select=opts.face,
-                            original_size=(info.width, info.height), total=info.frames, progress=progress,
-                            cancel=cancel)
+        stream = frames if follower is None else _fed_to(frames, follower.feed)
+        if track is None:
+            track = track_faces(stream, detector, scale=scale, detect_every=opts.detect_every,
+                                max_every=opts.detect_max_every, select=select,
+                                original_size=(info.width, info.height), total=info.frames, progress=progress,
+                                cancel=cancel)
+        for _ in stream:  # the one-face track came from the cache: only every face is followed
+            pass
+    if follower is not None:
+        faceset = follower.result()
     if clock is not None:
         clock.add("detect", t0)
     if opts.cache:
         cache.save_track(video, settings, track)
-    return track
+        if follower is not None:
+            cache.save_faceset(video, settings, faceset)
+    return (track, faceset) if all_faces else track
+
+
+def _fed_to(frames, feed):
+    """The frames, each also handed to `feed` (one decoding pass serves two followers)."""
+    for f in frames:
+        feed(f)
+        yield f
+
+
+def face_choice(opts: SyncOptions):
+    """The FaceChoice the options ask for (`face_at` overrides `face`)."""
+    from .faces.speaker import parse_choice
+
+    return parse_choice(opts.face, opts.face_at)
+
+
+def own_sound(video: str, info):
+    """The clip's own sound as `sound(start, end)` -> loudness per frame of [start, end), or None without sound."""
+    from .faces.speaker import loudness
+
+    if not getattr(info, "has_audio", False):
+        return None
+
+    def sound(start: int, end: int):
+        try:
+            wav = A.load_audio(video, offset=start / info.fps, duration=(end - start) / info.fps)
+        except LipsyncError:
+            return None
+        return loudness(wav, A.SAMPLE_RATE, info.fps, end - start)
+
+    return sound
+
+
+def choose_faces(video: str, info, opts: SyncOptions, segments: list[Segment], choice, progress: Progress,
+                 cancel: CancelToken | None, clock: StageClock | None):
+    """Segments (face segments end where their chosen face leaves), boxes (N, 4) float of the chosen faces (NaN
+    elsewhere) and the per face segment report, for a choice that needs every face (speaker, point)."""
+    from .faces import speaker
+
+    track, faceset = analyze_faces(video, opts, info, progress, cancel, clock, all_faces=True)
+    t0 = time.perf_counter()
+    sound = own_sound(video, info) if choice.mode == "speaker" else None
+    segs, rows, reports = speaker.choose_faces(segments, track.boxes, faceset, choice, sound,
+                                               switch_frames=max(2, int(round(speaker.SWITCH_SECONDS * info.fps))))
+    if clock is not None:
+        clock.add("choose", t0)
+    warning = speaker.fallback_warning(reports)
+    if warning:
+        progress.log(warning)
+    return segs, rows, reports
 
 
 def presence(track) -> np.ndarray:
@@ -114,12 +188,22 @@ def find_segments(video: str, opts: SyncOptions | None = None, start_frame: int 
     from .media import probe
 
     opts = opts or SyncOptions()
+    progress = progress or Progress()
     info = probe(video)
     start, end = _check_range(info, start_frame, end_frame)
+    choice = face_choice(opts)
     track = analyze_faces(video, opts, info, progress, cancel)
     segs = _auto_segments(presence(track)[start:end], info.fps, opts)
     segs = [Segment(s.start_frame + start, s.end_frame + start, s.face) for s in segs]
+    reports = []
+    if choice.needs_all_faces:
+        segs, _, reports = choose_faces(video, info, opts, segs, choice, progress, cancel, None)
     out = segments_to_dict(segs, info.fps, info.frames)
+    by_start = {r.start_frame: r for r in reports}
+    for seg in out["segments"]:  # which faces each face segment shows and which one is lip-synced
+        r = by_start.get(seg["start_frame"])
+        if r is not None:
+            seg.update({"faces": r.faces, "chosen": r.chosen, "choice": r.choice, "fallback": r.fallback})
     out["start_frame"], out["end_frame"] = start, end
     return out
 
@@ -127,16 +211,32 @@ def find_segments(video: str, opts: SyncOptions | None = None, start_frame: int 
 def find_segments_many(clips: list[dict], opts: SyncOptions | None = None, progress: Progress | None = None,
                        cancel: CancelToken | None = None) -> dict:
     """`find_segments` for several ranges of several files in one process (each file analysed once, cached):
-    clip {"video", "start_frame", "end_frame"} -> {"clips": [find_segments' answer, ...]}."""
+    clip {"video", "start_frame", "end_frame", optional "face_choice"} -> {"clips": [find_segments' answer, ...]}."""
     progress = progress or Progress()
     out = []
     for i, c in enumerate(clips):
         video = str(c.get("video") or "")
         if not video or not os.path.isfile(video):
             raise LipsyncError(f"a clip's video is missing: {video or '(none)'}")
-        out.append(find_segments(video, opts, int(c.get("start_frame") or 0), c.get("end_frame"),
+        out.append(find_segments(video, clip_options(opts, c), int(c.get("start_frame") or 0), c.get("end_frame"),
                                  _CutProgress(progress, i + 1, len(clips)), cancel))
     return {"clips": out}
+
+
+def clip_options(opts: SyncOptions | None, clip: dict) -> SyncOptions:
+    """The options with a clip's own "face_choice" ("speaker", "largest", ... or {"point": [x, y]}) applied."""
+    from dataclasses import replace
+
+    from .faces.speaker import parse_choice
+
+    opts = opts or SyncOptions()
+    if clip.get("face_choice") is None:
+        return opts
+    choice = clip["face_choice"]
+    parse_choice(choice)  # refuses a bad value with a message
+    if isinstance(choice, dict):
+        return replace(opts, face_at=tuple(float(v) for v in choice["point"]))
+    return replace(opts, face=str(choice), face_at=None)
 
 
 def _auto_segments(has_face: np.ndarray, fps: float, opts: SyncOptions) -> list[Segment]:
@@ -371,15 +471,32 @@ def _crop96(frame: np.ndarray, box, colour=None) -> np.ndarray:
 
 
 def plan_boxes(video: str, info, opts: SyncOptions, face_segments: list[Segment], progress: Progress,
-               cancel: CancelToken | None, clock: StageClock | None) -> np.ndarray:
-    """One box per source frame (int32 (N,4), -1 where the frame keeps its picture)."""
-    from .faces.track import face_boxes, fixed_boxes
+               cancel: CancelToken | None, clock: StageClock | None, choice=None,
+               report: list | None = None) -> np.ndarray:
+    """One box per source frame (int32 (N,4), -1 where the frame keeps its picture).
+
+    choice: the FaceChoice (default: the options'); report: gets the per face segment choices (speaker, point)."""
+    from .faces.track import FaceTrack, face_boxes, fixed_boxes
 
     boxes = np.full((info.frames, 4), -1, np.int32)
     if not face_segments:
         return boxes
+    choice = choice or face_choice(opts)
+    max_gap = int(round(opts.max_gap_seconds * info.fps))
     if opts.box is not None:
         every = fixed_boxes(info.frames, opts.box, info.width, info.height)
+    elif choice.needs_all_faces:
+        segs, rows, reports = choose_faces(video, info, opts, face_segments, choice, progress, cancel, clock)
+        if report is not None:
+            report.extend(r.to_dict() for r in reports)
+        every = np.full((info.frames, 4), -1, np.int32)
+        for s in segs:  # bridged and smoothed within each choice: never across a change of face
+            part = FaceTrack(rows[s.start_frame:s.end_frame], np.zeros(s.frames), info.width, info.height)
+            every[s.start_frame:s.end_frame] = face_boxes(part, pads=opts.pads, smooth=opts.smooth, max_gap=max_gap)
+    elif choice.mode != opts.face or opts.face_at is not None:
+        track = analyze_faces(video, dataclasses.replace(opts, face=choice.mode, face_at=None), info, progress,
+                              cancel, clock)
+        every = face_boxes(track, pads=opts.pads, smooth=opts.smooth, max_gap=max_gap)
     else:
         track = analyze_faces(video, opts, info, progress, cancel, clock)
         every = face_boxes(track, pads=opts.pads, smooth=opts.smooth,
@@ -431,6 +548,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     if probe_audio(audio).duration < 0.05:
         raise LipsyncError(f"{audio} has no sound to sync to: give a file with speech in it")
     _check_checkpoint(checkpoint)
+    face_choice(opts)  # a bad face choice fails before the model loads
     explicit = isinstance(opts.segments, str) and opts.segments.strip().lower() not in ("auto", "all")
     # editor ranges are checked before the model loads; auto segments need detection, which comes after
     segments = parse_ranges(opts.segments, info.fps, info.frames) if explicit else None
@@ -438,7 +556,8 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
 
     segments = segments or resolve_segments(video, info, opts, progress, cancel, clock)
     face_segs = [s for s in segments if s.face]
-    boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
+    choices: list = []
+    boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock, report=choices)
 
     t0 = time.perf_counter()
     if opts.match == "audio":
@@ -458,6 +577,8 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     seg = segments_to_dict(segments, info.fps, info.frames)
     # "frames" stays the output's count (it differs from the source's with --match audio)
     result.update({"fps": seg["fps"], "segments": seg["segments"], "source_frames": info.frames})
+    if choices:
+        result["face_choices"] = choices
     result.update({"device": str(renderer.device), "dtype": str(renderer.dtype).replace("torch.", ""),
                    "precision": renderer.precision,
                    "seconds": total, "timings": dict(clock.seconds)})
@@ -470,9 +591,12 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     """The Blender worker's job: several clips of one video, each with its own slice of the audio.
 
     clip: {"start_frame", "end_frame" (source frames, end exclusive), "audio_start" (seconds in the audio
-    file for the clip's first frame), "output", "face" (lip-sync it, or only replace its sound)}.
+    file for the clip's first frame), "output", "face" (lip-sync it, or only replace its sound), optional
+    "face_choice" (which face: "speaker" | "largest" | "left" | "right" | "center" | {"point": [x, y]};
+    default: the options' face / face_at)}.
     `renderer`: as for sync().
     """
+    from .faces.speaker import parse_choice
     from .media import probe, probe_audio
 
     opts = opts or SyncOptions()
@@ -486,9 +610,21 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
     for c in clips:
         _check_range(info, int(c["start_frame"]), int(c["end_frame"]))
         _check_output(c["output"], [video, audio, checkpoint], opts.codec)
+    default = face_choice(opts)
+    chosen = [parse_choice(c["face_choice"]) if c.get("face_choice") is not None else default for c in clips]
     renderer = renderer or ClipRenderer(checkpoint, opts, progress)
-    face_segs = [Segment(int(c["start_frame"]), int(c["end_frame"]), True) for c in clips if c.get("face", True)]
-    boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock)
+    clip_boxes: list = [None] * len(clips)
+    clip_reports: list = [[] for _ in clips]
+    for choice in dict.fromkeys(chosen):  # clips that choose alike share one planning pass
+        mine = [k for k, ch in enumerate(chosen) if ch == choice]
+        face_segs = [Segment(int(clips[k]["start_frame"]), int(clips[k]["end_frame"]), True)
+                     for k in mine if clips[k].get("face", True)]
+        rep: list = []
+        planned = plan_boxes(video, info, opts, face_segs, progress, cancel, clock, choice, rep)
+        for k in mine:
+            s, e = int(clips[k]["start_frame"]), int(clips[k]["end_frame"])
+            clip_boxes[k] = planned[s:e] if clips[k].get("face", True) else np.full((e - s, 4), -1, np.int32)
+            clip_reports[k] = [r for r in rep if s <= r["start_frame"] < e]
     results, written = [], []
     try:
         for c in clips:
@@ -496,11 +632,12 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
             dur = (e - s) / info.fps
             wav = A.load_audio(audio, offset=float(c.get("audio_start", 0.0)), duration=dur)
             mel = A.melspectrogram(wav)
-            clip_boxes = boxes[s:e] if c.get("face", True) else np.full((e - s, 4), -1, np.int32)
-            r = renderer.render(video, info, np.arange(s, e), clip_boxes, mel, audio,
+            r = renderer.render(video, info, np.arange(s, e), clip_boxes[len(results)], mel, audio,
                               float(c.get("audio_start", 0.0)), c["output"], cancel, clock)
             written.append(c["output"])
             r.update({"start_frame": s, "end_frame": e})
+            if clip_reports[len(results)]:
+                r["face_choices"] = clip_reports[len(results)]
             results.append(r)
     except BaseException:
         for path in written:  # all or nothing: a failed or cancelled job leaves no outputs behind
@@ -637,7 +774,8 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
     clip: {"video", "start_frame", "end_frame" (source frames, end exclusive), "output", "segments" ("auto",
     "all" or [{"start_frame", "end_frame", "face": true|false|null}]), "dub" ([{"file", "from", "at",
     "seconds", "volume"}]: what plays under the clip), "sync_ranges" ([[s, e], ...] source frames where the dub
-    plays; the mouth is redone only there, on frames showing a face)}. Each output holds every frame of its
+    plays; the mouth is redone only there, on frames showing a face), optional "face_choice" (as in
+    sync_clips)}. Each output holds every frame of its
     range; frames outside face ranges keep their picture. Face detection runs once per source file.
     """
     from .faces.track import face_boxes
@@ -707,8 +845,14 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
                 dubbed[max(int(lo), s) - s : max(min(int(hi), e), s) - s] = True
             want &= dubbed
             clip_boxes = np.full((e - s, 4), -1, np.int32)
+            choices: list = []
             if want.any():
-                every = boxes_for(video, sub)[s:e]
+                copts = clip_options(opts, c)
+                if c.get("face_choice") is not None and opts.box is None and copts != opts:
+                    face_segs = [Segment(g.start_frame, g.end_frame, True) for g in segs if g.face]
+                    every = plan_boxes(video, info, copts, face_segs, sub, cancel, clock, report=choices)[s:e]
+                else:
+                    every = boxes_for(video, sub)[s:e]
                 clip_boxes[want] = every[want]
                 missing = int((want & (every[:, 0] < 0)).sum())
                 if missing:
@@ -723,6 +867,8 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
             clock.add("mel", t0)
             r = renderer.render(video, info, np.arange(s, e), clip_boxes, mel, mux, 0.0, c["output"], cancel, clock)
             written.append(c["output"])
+            if choices:
+                r["face_choices"] = choices
             r.update({"video": video, "start_frame": s, "end_frame": e, "fps": info.fps,
                       "segments": [{"start_frame": g.start_frame, "end_frame": g.end_frame, "face": g.face}
                                    for g in segs]})

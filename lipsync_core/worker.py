@@ -35,6 +35,8 @@ def _options(job: dict):
             continue
         if key in ("pads", "box"):
             value = tuple(int(v) for v in value)
+        if key == "face_at":
+            value = tuple(float(v) for v in value)
         setattr(o, key, value)
     return o
 

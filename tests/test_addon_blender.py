@@ -374,6 +374,9 @@ class _Layout:
         mod, op = idname.split(".")
         getattr(getattr(bpy.ops, mod), op).get_rna_type()  # raises KeyError when not registered
         self.log.append(("operator", idname))
+        from types import SimpleNamespace
+
+        return SimpleNamespace()  # Blender returns the operator's properties, which a panel may set
 
     def label(self, text="", **k):
         self.log.append(("label", text))

@@ -157,3 +157,57 @@ def write_deep_video(path: Path, frames: np.ndarray, pix_fmt: str = "yuv422p10le
            "-s", f"{w}x{h}", "-r", fps, "-i", "-", "-pix_fmt", pix_fmt, "-c:v", vcodec, str(path)]
     subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
     return path
+
+
+def syllables(n: int, seed: int = 0) -> np.ndarray:
+    """A speech-like loudness per frame (0..1) for n frames: bursts of 3-8 frames with pauses between."""
+    rng = np.random.default_rng(seed)
+    env = np.zeros(n)
+    i = int(rng.integers(2, 6))
+    while i < n:
+        k = int(rng.integers(3, 9))
+        env[i:i + k] = np.sin(np.linspace(0, np.pi, k)) * rng.uniform(0.5, 1.0)
+        i += k + int(rng.integers(2, 8))
+    return env
+
+
+def two_faces_one_speaking(path: Path, speaker: str = "left", seconds: float = 4.0, seed: int = 0,
+                           sound: bool = True) -> Path:
+    """Two astronaut faces side by side (480x240, 25 fps); the `speaker` one ("left" / "right") opens its mouth
+    (the chin and lips pulled down) with a syllable envelope that also drives the sound (a 220 Hz voice-like
+    buzz, mono), so it is the face whose mouth follows the clip's own sound."""
+    import cv2
+
+    n = int(round(seconds * 25))
+    face = astronaut_frames(n, 240, 240, motion=1.0)
+    other = astronaut_frames(n, 240, 240, motion=1.5)[:, :, ::-1]  # mirrored: a second person
+    env = syllables(n, seed)
+    talk = face.copy()
+    for i in range(n):  # the mouth and chin (about y 96-132, x 95-150) stretched down by up to 8 px
+        drop = 8.0 * env[i]
+        y0, y1, x0, x1 = 96, 132, 95, 150
+        region = talk[i, y0:y1, x0:x1]
+        grown = cv2.resize(region, (x1 - x0, int(round((y1 - y0) + drop))), interpolation=cv2.INTER_LINEAR)
+        talk[i, y0:y1, x0:x1] = grown[: y1 - y0]
+    left, right = (talk, other) if speaker == "left" else (other, talk[:, :, ::-1])
+    frames = np.concatenate([left, right], axis=2)
+    audio = None
+    if sound:
+        sr = 16000
+        t = np.arange(int(seconds * sr)) / sr
+        amp = np.interp(t, (np.arange(n) + 0.5) / 25, env)
+        voice = np.sign(np.sin(2 * np.pi * 220 * t)) * 0.3 + np.sin(2 * np.pi * 660 * t) * 0.2
+        wav = (voice * amp * 0.8 * 32767).astype(np.int16)
+        audio = path.with_suffix(".voice.wav")
+        import wave
+
+        with wave.open(str(audio), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sr)
+            w.writeframes(wav.tobytes())
+    try:
+        return write_video(path, frames, audio=audio)
+    finally:
+        if audio is not None:
+            audio.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .track import FaceTrack
+from .track import FaceSet, FaceTrack
 
 CACHE_VERSION = 3  # bump when tracking changes what a track holds for the same input
 _CHUNK = 1 << 20
@@ -60,25 +60,42 @@ def cache_path(video_path: str | os.PathLike, settings: dict) -> Path:
 
 def load_track(video_path: str | os.PathLike, settings: dict) -> FaceTrack | None:
     """The cached track for this file and settings, or None (miss, unreadable or foreign entry)."""
+    return _load(video_path, settings, "track", FaceTrack.from_dict)
+
+
+def save_track(video_path: str | os.PathLike, settings: dict, track: FaceTrack) -> Path | None:
+    """Store the track (temp file, then rename, so a reader never sees half a file); None if it cannot."""
+    return _save(video_path, settings, "track", track.to_dict())
+
+
+def load_faceset(video_path: str | os.PathLike, settings: dict) -> FaceSet | None:
+    """The cached faces (every face followed, with mouth motion) for this file and settings, or None."""
+    return _load(video_path, {**settings, "all_faces": True}, "faces", FaceSet.from_dict)
+
+
+def save_faceset(video_path: str | os.PathLike, settings: dict, faces: FaceSet) -> Path | None:
+    return _save(video_path, {**settings, "all_faces": True}, "faces", faces.to_dict())
+
+
+def _load(video_path, settings: dict, what: str, build):
     try:
         path = cache_path(video_path, settings)
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if data.get("version") != CACHE_VERSION or data.get("settings") != _settings_json(settings):
             return None
-        return FaceTrack.from_dict(data["track"])
+        return build(data[what])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def save_track(video_path: str | os.PathLike, settings: dict, track: FaceTrack) -> Path | None:
-    """Store the track (temp file, then rename, so a reader never sees half a file); None if it cannot."""
+def _save(video_path, settings: dict, what: str, payload: dict) -> Path | None:
     tmp = None
     try:
         path = cache_path(video_path, settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": CACHE_VERSION, "video": os.path.basename(os.fspath(video_path)),
-                "settings": _settings_json(settings), "track": track.to_dict()}
+                "settings": _settings_json(settings), what: payload}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"))

@@ -598,3 +598,204 @@ def fixed_boxes(n: int, box: Sequence[int], width: int, height: int) -> np.ndarr
             f"--box {x1} {y1} {x2} {y2} does not fit the {width}x{height} frame: it needs "
             f"0 <= X1 < X2 <= {width} and 0 <= Y1 < Y2 <= {height} (pixels, top-left origin).")
     return np.tile(np.array([x1, y1, x2, y2], np.int32), (int(n), 1))
+
+
+# ----------------------------------------------------------------------------------------------- every face
+
+ALL_FACES_EVERY = 10  # frames between detections when every face is followed (optical flow in between)
+ALL_FACES_DISCOVER = 3  # ... every this many of those detect the whole frame (new faces); the rest look near
+
+
+@dataclass
+class FollowedFace:
+    """One face followed from frame `start` on: `boxes` (L, 4) original pixels, `motion` (L,) its mouth's
+    change from the frame before (NaN where not measured). It never jumps to another face: when it is lost
+    for longer than LOST_PATIENCE frames it ends at the last frame it was seen."""
+
+    start: int
+    boxes: np.ndarray
+    motion: np.ndarray
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.boxes)
+
+    def box_at(self, t: int) -> np.ndarray | None:
+        if not self.start <= t < self.end:
+            return None
+        b = self.boxes[t - self.start]
+        return None if np.isnan(b).any() else b
+
+    def motion_in(self, start: int, end: int) -> np.ndarray:
+        """Mouth motion per frame of [start, end), NaN outside this face's frames."""
+        out = np.full(max(0, end - start), np.nan)
+        a, b = max(start, self.start), min(end, self.end)
+        if b > a:
+            out[a - start:b - start] = self.motion[a - self.start:b - self.start]
+        return out
+
+
+@dataclass
+class FaceSet:
+    """Every face followed through a video (`follow_all_faces`), in original pixels."""
+
+    faces: list
+    frames: int
+    width: int
+    height: int
+
+    def to_dict(self) -> dict:
+        def nums(a):
+            return [None if np.isnan(v) else float(v) for v in np.asarray(a, np.float64).reshape(-1)]
+
+        return {"frames": self.frames, "width": self.width, "height": self.height,
+                "faces": [{"start": f.start, "boxes": nums(f.boxes), "motion": nums(f.motion)} for f in self.faces]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FaceSet:
+        def arr(v):
+            return np.array([np.nan if x is None else x for x in v], np.float32)
+
+        faces = [FollowedFace(int(f["start"]), arr(f["boxes"]).reshape(-1, 4), arr(f["motion"])) for f in d["faces"]]
+        return cls(faces, int(d["frames"]), int(d["width"]), int(d["height"]))
+
+
+class AllFaces:
+    """Follows every face of a frame stream: `feed(frame)` per frame, then `result()`.
+
+    Every `every` frames (and on the last one) the detector looks near each followed face where the optical flow
+    carried it; every ALL_FACES_DISCOVER-th time, when there is no face, or when a followed face is not found
+    near where it should be, it looks at the whole frame, and detections that match no followed face start new
+    ones. The boxes between two detections follow the flow, bent to end on the detection (as `track_faces`
+    does). The
+    mouth motion of each face is measured on the grey frames as the boxes become known, so frames are kept
+    only from the oldest face still waiting to be seen again."""
+
+    def __init__(self, detector, scale: float = 1.0, every: int = ALL_FACES_EVERY,
+                 original_size: tuple[int, int] | None = None, cancel: CancelToken | None = None,
+                 mouth: Callable | None = None) -> None:
+        self.detector, self.scale, self.every, self.cancel = detector, float(scale), max(1, int(every)), cancel
+        self.near = getattr(detector, "detect_near", None)
+        self.original_size = original_size
+        # mouth(prev_grey, grey, prev_box, box) -> float: the mouth measure (speaker.mouth_motion); None: NaN
+        self._mouth = mouth or (lambda *_: float("nan"))
+        self.n = 0
+        self.greys: dict[int, np.ndarray] = {}
+        self.motion = _Motion()
+        self.shape: tuple | None = None
+        self._last: np.ndarray | None = None  # the last colour frame (detected when the stream ends)
+        self._last_key = -1
+        # per face: start, box rows (analysis pixels), motion, last frame seen and its row
+        self._faces: list[dict] = []
+
+    def feed(self, frame: np.ndarray) -> None:
+        import cv2
+
+        i = self.n
+        self.shape = _check_shape(frame, self.shape, i)
+        self.greys[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        self.n += 1
+        self._last = frame
+        if i % self.every == 0:
+            self._keyframe(i, frame)
+
+    def _keyframe(self, j: int, frame: np.ndarray) -> None:
+        if self.cancel is not None:
+            self.cancel.check()
+        self._last_key = j
+        live = [f for f in self._faces if not f["ended"]]
+        for f in live:  # where the flow carried each face since it was last seen
+            f["path"] = self.motion.chain(f["row"], f["seen"], j, self.greys)
+        whole = not live or self.near is None or (j // self.every) % ALL_FACES_DISCOVER == 0
+        if not whole:
+            dets = np.zeros((0, 5), np.float32)
+            for f in live:  # a search near one face may have found the others already (same size, near)
+                if not (len(dets) and _matches(f["path"][-1], dets[:, :4])[0].any()):
+                    near = np.asarray(self.near([frame], [f["path"][-1]])[0], np.float32).reshape(-1, 5)
+                    dets = np.concatenate([dets, near])
+            dets = dets[nms_rows(dets)] if len(dets) > 1 else dets
+            used = self._match(live, dets)
+            whole = len(used) < len(live)  # a face is not where it should be: look at the whole frame
+        if whole:
+            dets = np.asarray(self.detector.detect([frame])[0], np.float32).reshape(-1, 5)
+            used = self._match(live, dets)
+            for d in range(len(dets)):  # faces that match no followed one are new
+                if d not in used.values():
+                    self._faces.append({"start": j, "rows": [dets[d, :4].astype(np.float64)], "motion": [np.nan],
+                                        "seen": j, "row": dets[d, :4].astype(np.float64), "ended": False})
+        for fi, f in enumerate(live):
+            if fi in used:
+                self._extend(f, j, dets[used[fi]])
+            elif j - f["seen"] > LOST_PATIENCE:
+                f["ended"] = True
+        self._forget(j)
+
+    def _match(self, live: list, dets: np.ndarray) -> dict:
+        """{face index in live: detection index}: each face to the detection best matching where the flow put
+        it, each detection used once."""
+        pairs = []
+        for fi, f in enumerate(live):
+            if len(dets):
+                match, pref = _matches(f["path"][-1], dets[:, :4])
+                pairs += [(float(pref[d]), fi, d) for d in np.flatnonzero(match)]
+        used: dict = {}
+        for _, fi, d in sorted(pairs, key=lambda p: -p[0]):
+            if fi not in used and d not in used.values():
+                used[fi] = d
+        return used
+
+    def _forget(self, j: int) -> None:
+        keep = min([j] + [f["seen"] for f in self._faces if not f["ended"]])
+        for i in [i for i in self.greys if i < keep]:
+            del self.greys[i]
+        self.motion.forget(keep)
+
+    def _extend(self, f: dict, j: int, det: np.ndarray) -> None:
+        """Rows of frames seen+1..j for face f, now seen again at keyframe j as `det` (f["path"]: the flow's)."""
+        a = f["seen"]
+        p = f["path"]
+        w = (np.arange(1, j - a + 1) / (j - a))[:, None]
+        rows = p[1:] + w * (det[:4] - p[-1])
+        rows[-1] = det[:4]
+        prev = f["row"]
+        for t, r in zip(range(a + 1, j + 1), rows):
+            f["rows"].append(r)
+            f["motion"].append(self._mouth(self.greys[t - 1], self.greys[t], prev, r))
+            prev = r
+        f["seen"], f["row"] = j, np.asarray(det[:4], np.float64)
+
+    def result(self) -> FaceSet:
+        if self._last is not None and self._last_key != self.n - 1:
+            self._keyframe(self.n - 1, self._last)
+        if self.original_size is not None:
+            width, height = self.original_size
+        elif self.shape is not None:
+            width, height = round(self.shape[1] / self.scale), round(self.shape[0] / self.scale)
+        else:
+            width = height = 0
+        faces = []
+        for f in self._faces:
+            boxes = np.round(np.array(f["rows"], np.float64) / self.scale * 64) / 64
+            faces.append(FollowedFace(f["start"], boxes.astype(np.float32),
+                                      np.array(f["motion"], np.float32)))
+        return FaceSet(faces, self.n, width, height)
+
+
+def nms_rows(dets: np.ndarray, overlap: float = 0.5) -> np.ndarray:
+    """Indices of detections kept when those overlapping a better-scored one by `overlap` IoU are dropped
+    (the same face found by two searches)."""
+    keep: list[int] = []
+    for i in np.argsort(-dets[:, 4]):
+        if all(iou(dets[k, :4], dets[i:i + 1, :4])[0] < overlap for k in keep):
+            keep.append(int(i))
+    return np.array(sorted(keep), int)
+
+
+def follow_all_faces(frames: Iterable[np.ndarray], detector, *, scale: float = 1.0, every: int = ALL_FACES_EVERY,
+                     original_size: tuple[int, int] | None = None, cancel: CancelToken | None = None,
+                     mouth: Callable | None = None) -> FaceSet:
+    """Every face of `frames` followed (see AllFaces); boxes in original pixels (detected / `scale`)."""
+    follower = AllFaces(detector, scale, every, original_size, cancel, mouth)
+    for f in frames:
+        follower.feed(f)
+    return follower.result()
