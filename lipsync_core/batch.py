@@ -438,10 +438,10 @@ def summarize(jobs: list[dict]) -> dict:
     return {s: sum(1 for j in jobs if j["status"] == s) for s in ("done", "skipped", "failed")}
 
 
-def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float | None = None,
-              cpus_per_job: float = 1.0, retries: int = 3, progress: BatchProgress | None = None,
+def run_batch(batch: Batch, remote=None, progress: BatchProgress | None = None,
               cancel: CancelToken | None = None) -> list[Result]:
-    """Prepare every job (skip the current ones), then run the rest here or on Ray. Results in job order."""
+    """Prepare every job (skip the current ones), then run the rest here or, given `remote(todo, log, cancel)`
+    (an iterator of Results in any order, e.g. farm.run_on_ray), there. Results in job order."""
     progress = progress or BatchProgress(len(batch.jobs), json_lines=True)
     cancel = cancel or CancelToken()
     results: dict[str, Result] = {}
@@ -471,10 +471,8 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
                 progress.finished(r)
             else:
                 todo.append(p)
-    if todo and ray_address:
-        from .farm import run_on_ray
-
-        for r in run_on_ray(todo, ray_address, gpus_per_job, cpus_per_job, retries, progress.log, cancel):
+    if todo and remote is not None:
+        for r in remote(todo, progress.log, cancel):
             results[r.id] = r
             progress.finished(r)
     elif todo:
@@ -486,69 +484,3 @@ def run_batch(batch: Batch, ray_address: str | None = None, gpus_per_job: float 
             results[r.id] = r
             progress.finished(r)
     return [results[j.id] for j in batch.jobs if j.id in results]
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def add_subparser(sub) -> None:
-    b = sub.add_parser("batch", help="run the jobs of a JOBS.json file (here, or on a Ray cluster with --ray)",
-                       description="Run the lip-sync jobs of JOBS.json; outputs that are current are skipped. "
-                                   "Exit 0: every job done or skipped, 1: some failed, 2: bad JOBS.json.")
-    b.add_argument("jobs", metavar="JOBS.json", help="the batch file (format: README, 'Batch / farm')")
-    b.add_argument("--ray", metavar="ADDRESS", default=None,
-                   help="run each job as a task on this Ray cluster (auto: $RAY_ADDRESS or the local one); "
-                        'needs pip install "ray[default]"')
-    b.add_argument("--gpus-per-job", type=float, default=None, metavar="G",
-                   help="GPUs each Ray task asks for (fractions share a GPU; default 1 when the cluster has GPUs, "
-                        "else 0)")
-    b.add_argument("--cpus-per-job", type=float, default=1.0, metavar="C",
-                   help="CPUs each Ray task asks for (default %(default)s)")
-    b.add_argument("--retries", type=int, default=3, metavar="N",
-                   help="times Ray runs a job again when its worker process or machine dies (default %(default)s; "
-                        "jobs failing on bad input are never retried)")
-    b.add_argument("--report", metavar="REPORT.json", help="write the per-job report here")
-    b.add_argument("--json-progress", action="store_true", help="progress and results as JSON lines")
-    b.set_defaults(func=run_cli)
-
-
-def run_cli(args) -> int:
-    try:
-        return _run_cli(args)
-    except LipsyncError as exc:
-        if args.json_progress:  # tools read stdout only
-            JsonProgress().emit({"event": "error", "message": str(exc)})
-        raise
-
-
-def _run_cli(args) -> int:
-    import signal
-
-    t0 = time.perf_counter()
-    batch = load_batch(args.jobs)  # BatchError: exit 2, nothing run
-    if args.retries < 0 or args.cpus_per_job < 0 or (args.gpus_per_job or 0) < 0:
-        raise BatchError("--retries, --cpus-per-job and --gpus-per-job must be 0 or more")
-    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
-        raise BatchError(f"the folder of --report {args.report} does not exist: create it or choose another path")
-    progress = BatchProgress(len(batch.jobs), args.json_progress)
-    cancel = CancelToken()
-    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
-    code = 0
-    try:
-        run_batch(batch, args.ray, args.gpus_per_job, args.cpus_per_job, args.retries, progress, cancel)
-    except (Cancelled, KeyboardInterrupt):
-        code = 130
-    results = progress.results
-    seconds = time.perf_counter() - t0
-    summary = summarize([r.to_json() for r in results])
-    if args.report:
-        write_report(args.report, batch, results, seconds, args.ray)
-    if code == 0:
-        code = 1 if summary["failed"] or len(results) < len(batch.jobs) else 0
-    progress.close({**summary, "jobs": len(batch.jobs), "seconds": round(seconds, 3), "report": args.report,
-                    "exit": code})
-    if not args.json_progress:
-        print(f"batch: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed of "
-              f"{len(batch.jobs)} jobs in {seconds:.1f} s" + (f"; report: {args.report}" if args.report else "")
-              + (" (cancelled)" if code == 130 else ""), file=sys.stderr)
-    return code

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print progress as JSON lines (stage, done, total) instead of bars")
     add_sync_options(y, d)
 
-    from .batch import add_subparser as add_batch_subparser
+    from .batch_cli import add_subparser as add_batch_subparser
     from .weights import add_subparser
 
     add_subparser(sub)
