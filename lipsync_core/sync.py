@@ -640,13 +640,18 @@ def sync_clips(video: str, audio: str, checkpoint: str, clips: list[dict], opts:
                 r["face_choices"] = clip_reports[len(results)]
             results.append(r)
     except BaseException:
-        for path in written:  # all or nothing: a failed or cancelled job leaves no outputs behind
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        _remove_files(written)  # all or nothing: a failed or cancelled job leaves no outputs behind
         raise
     return {"clips": results, "fps": info.fps, "timings": dict(clock.seconds)}
+
+
+def _remove_files(paths: list[str]) -> None:
+    """Remove what a job wrote, ignoring what is already gone."""
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _check_output(output: str, inputs: list[str], codec: str = "h264") -> None:
@@ -874,17 +879,9 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
                                    for g in segs]})
             results.append(r)
     except BaseException:
-        for path in written:  # all or nothing: a failed or cancelled job leaves no outputs behind
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        _remove_files(written)  # all or nothing: a failed or cancelled job leaves no outputs behind
         raise
     finally:
         renderer.progress = progress
-        for path in temps:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        _remove_files(temps)
     return {"clips": results, "timings": dict(clock.seconds)}
