@@ -4,15 +4,15 @@ Device: "auto" takes CUDA, then Apple MPS, then the CPU. An explicit "cuda"/"cud
 cannot give raises LipsyncError instead of quietly falling back: someone who picked a GPU and silently gets a
 far slower CPU run would rather be told (and "auto" is one word away).
 
-Precision: fp16 on CUDA; fp32 on MPS (not measured: no Mac here); fp32 to start with on the CPU.
-CPU bf16 is faster where the CPU has native bf16 (AVX512-BF16 or AMX; figures in README and the bench), but it
-keeps 8 mantissa bits, and over 50 layers how far the output moves depends on the weights: under 1/255 on
-PyTorch's plain initialisation, tens of levels on the calibrated random checkpoint the tests use. So
-sync.ClipRenderer judges the faster precision (CUDA fp16, CPU bf16) on the first batch against what the
-result's encoding does anyway (precision.py), and lossless results run fp32. Without native bf16 it is
-emulated, slower than fp32, never tried.
-LIPSYNC_PRECISION=fp32|bf16|fp16 overrides (and skips the rule); a precision the device cannot do warns and
-falls back.
+Precision: every run starts in fp32. sync.ClipRenderer then judges the faster precisions on the first batch
+(`faster_precisions`: the device's fast type throughout, then only in the decoder; fp16 on CUDA, bf16 on CPUs
+with native bf16, AVX512-BF16 or AMX) against what the result's encoding does anyway (precision.py), and keeps
+the fastest that passes; lossless results stay fp32. How far a low precision moves the output depends on the
+weights (under 1/255 on PyTorch's plain initialisation, tens of levels on the calibrated random checkpoints),
+hence a judgement per run, not a default. Without native bf16 it is emulated, slower than fp32, never tried; MPS
+runs fp32 (not measured: no Mac here).
+LIPSYNC_PRECISION=fp32|bf16|fp16|bf16-decoder|fp16-decoder overrides (and skips the rule); a precision the device
+cannot do warns and falls back to fp32.
 """
 
 from __future__ import annotations
@@ -20,20 +20,47 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from .errors import LipsyncError
 
-PRECISIONS = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
+
+@dataclass(frozen=True)
+class Precision:
+    """What the generator computes in. `dtype` runs the decoder; the face and audio encoders and the output
+    layer run in it too, unless `decoder_only` (then they stay fp32). The encoders see the input pixels and the
+    output layer makes them: in bf16 those layers carry most of the error (an 8-bit mantissa cannot hold k/255
+    exactly), while the decoder holds most of the arithmetic. Names: fp32, bf16, fp16, bf16-decoder, fp16-decoder."""
+
+    dtype: torch.dtype = torch.float32
+    decoder_only: bool = False
+
+    @property
+    def name(self) -> str:
+        base = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return f"{base}-decoder" if self.decoder_only and self.dtype != torch.float32 else base
+
+    @property
+    def exact(self) -> bool:
+        return self.dtype == torch.float32
+
+    @classmethod
+    def of(cls, value: Precision | torch.dtype | str) -> Precision:
+        """A Precision from itself, a torch dtype or a name (see parse_precision)."""
+        if isinstance(value, Precision):
+            return value
+        if isinstance(value, torch.dtype):
+            return cls(value)
+        parsed = parse_precision(value)
+        return parsed if parsed is not None else cls()
+
+
+FP32 = Precision()
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
+PRECISION_NAMES = ("fp32", "bf16", "fp16", "bf16-decoder", "fp16-decoder")
 
 
 def _mps_available() -> bool:
@@ -103,47 +130,47 @@ def _supported(device: torch.device, dtype: torch.dtype) -> bool:
     return False
 
 
-def parse_precision(text: str) -> torch.dtype | None:
-    """"fp32"/"bf16"/"fp16" (and long names) -> dtype; "" or "auto" -> None; anything else -> LipsyncError."""
+def parse_precision(text: str) -> Precision | None:
+    """"fp32", "bf16", "fp16", "bf16-decoder", "fp16-decoder" (and long dtype names) -> Precision; "" or "auto"
+    -> None; anything else -> LipsyncError."""
     key = text.strip().lower()
     if key in ("", "auto"):
         return None
-    if key not in PRECISIONS:
-        raise LipsyncError(f"Unknown precision {text!r} (LIPSYNC_PRECISION): use fp32, bf16, fp16 or auto.")
-    return PRECISIONS[key]
+    base, _, part = key.partition("-")
+    if base not in _DTYPES or part not in ("", "decoder"):
+        raise LipsyncError(f"Unknown precision {text!r} (LIPSYNC_PRECISION): use {', '.join(PRECISION_NAMES)} "
+                           "or auto.")
+    return Precision(_DTYPES[base], part == "decoder")
 
 
-# Flip to make native-bf16 CPUs start in bf16 without the first-batch check (see the accuracy note above).
-CPU_BF16_BY_DEFAULT = False
+def faster_precisions(device: torch.device) -> list[Precision]:
+    """The precisions worth judging on the first batch, fastest first: the device's fast type throughout, then
+    only in the decoder (most of the arithmetic, little of the error). Empty where nothing beats fp32."""
+    device = torch.device(device)
+    fast = {"cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type)
+    if fast is None or not _supported(device, fast):
+        return []
+    return [Precision(fast), Precision(fast, decoder_only=True)]
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and CPU_BF16_BY_DEFAULT and cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def pick_dtype(device: torch.device | str, override: str | None = None) -> torch.dtype:
-    """The generator's compute dtype on `device`: `override`, else $LIPSYNC_PRECISION, else the default above."""
+def pick_precision(device: torch.device | str, override: str | None = None) -> Precision | None:
+    """The precision forced by `override` or $LIPSYNC_PRECISION, or None: the engine then starts in fp32 and
+    judges faster_precisions on the first batch (see sync.ClipRenderer). A forced precision the device cannot
+    do warns and runs fp32."""
     device = torch.device(device)
     wanted = parse_precision(override if override is not None else os.environ.get("LIPSYNC_PRECISION", ""))
     if wanted is None:
-        return default_dtype(device)
-    if not _supported(device, wanted):
-        fallback = default_dtype(device)
-        warnings.warn(
-            f"{wanted} is not supported (or not useful) on {device.type}; using {fallback} instead.",
-            stacklevel=2,
-        )
-        return fallback
+        return None
+    if not _supported(device, wanted.dtype):
+        warnings.warn(f"{wanted.name} is not supported (or not useful) on {device.type}; using fp32 instead.",
+                      stacklevel=2)
+        return FP32
     return wanted
 
 
-def describe(device: torch.device, dtype: torch.dtype) -> str:
+def describe(device: torch.device, precision: Precision | torch.dtype) -> str:
     """One line for logs, e.g. "cpu (bf16)" or "cuda:0 NVIDIA H100 (fp16)"."""
-    short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    short = Precision.of(precision).name
     name = str(device)
     if device.type == "cuda":
         try:

@@ -10,6 +10,12 @@ Two exact savings (within float rounding: a truncated uint8 level flips on a han
   the network's arithmetic. Convolutions are local, so the decoder runs on a band of rows that starts just
   high enough for every kept row to see exactly the inputs it sees in the full network.
 
+Lower precision by stage: `lowered(dtype, decoder_only)` gives a copy computing in bf16/fp16, either throughout
+or in the decoder only, with the encoders and the output layer kept in fp32. The decoder holds most of the
+arithmetic; the encoders see the input pixels and the output layer writes them, and there a low precision costs
+the most (bf16 cannot hold k/255 exactly): on the calibrated random weights the decoder alone in bf16 moves the
+output about a quarter as far as bf16 throughout, at most of its speed (figures: README, Speed).
+
 Why the band is exact: a 3x3 convolution run on rows [s, H) of its input (zero-padded at the cut) is wrong
 only in its first output row; n of them in a row are wrong in the first n rows. A stride-2 transposed
 convolution (padding 1, output padding 1) run on rows [s, H) gives exactly rows [2s, 2H) of the full output:
@@ -20,6 +26,8 @@ every pixel.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -96,16 +104,34 @@ class FastWav2Lip(nn.Module):
         self.first_row = min(max(int(first_row), 0), FACE_SIZE - 1)
         residuals = {i: len(self.face_decoder_blocks[i]) - 1 for i in _BANDED}
         self.plan = row_plan(self.first_row, residuals) if self.first_row > 0 else {}
+        # compute dtype of the encoders (face and audio), the decoder and the output block
+        self.stage_dtypes = (torch.float32, torch.float32, torch.float32)
         self.eval()
 
+    def lowered(self, dtype: torch.dtype, decoder_only: bool = False) -> FastWav2Lip:
+        """A copy computing in `dtype`: throughout, or only in the decoder. Stages kept in fp32 share this
+        model's weights; converted stages hold their own copy (converted once, not on every call)."""
+        if dtype == torch.float32:
+            return self
+        new = copy.copy(self)
+        new._modules = dict(self._modules)  # a shallow copy would share (and mutate) the submodule table
+        stages = ("face_decoder_blocks",) if decoder_only else (
+            "face_encoder_blocks", "audio_encoder", "face_decoder_blocks", "output_block")
+        for name in stages:
+            new._modules[name] = copy.deepcopy(self._modules[name]).to(dtype)
+        keep = torch.float32 if decoder_only else dtype
+        new.stage_dtypes = (keep, dtype, keep)
+        return new
+
     def forward(self, mel: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        encoder, decoder, output = self.stage_dtypes
         skips = []
-        x = faces
+        x = faces.to(encoder)
         for block in self.face_encoder_blocks:
             x = block(x)
             skips.append(x)
 
-        x = self.audio_encoder(mel)
+        x = self.audio_encoder(mel.to(encoder)).to(decoder)
         start = 0  # first row of the full map that x holds
         for i, (block, skip) in enumerate(zip(self.face_decoder_blocks, reversed(skips))):
             y = block(x)
@@ -113,6 +139,6 @@ class FastWav2Lip(nn.Module):
                 offset = 2 * start  # a stride-2 up-conv of rows [start, H) gives rows [2*start, 2H)
                 start = self.plan[i]
                 y, skip = y[:, :, start - offset:], skip[:, :, start:]
-            x = torch.cat((y, skip), dim=1)
-        out = self.output_block(x)
+            x = torch.cat((y, skip.to(decoder)), dim=1)
+        out = self.output_block(x.to(output))
         return out[:, :, self.first_row - start:]

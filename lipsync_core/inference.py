@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .device import FP32, Precision
 from .fast_model import FastWav2Lip
 from .model import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
 
@@ -28,7 +29,8 @@ def default_batch_size(device: torch.device | str) -> int:
 
 
 class FaceGenerator:
-    """Wraps a loaded Wav2Lip for inference on `device` with compute `dtype` (see device.pick_dtype).
+    """Wraps a loaded Wav2Lip for inference on `device` in `precision` (device.Precision or a torch dtype; settable
+    between calls: the fp32 network and the one in use are kept).
 
     The network that runs is fast_model.FastWav2Lip built from `model` (BatchNorm folded), computing only the
     output rows from `first_row` down (what the compositor uses: Compositor.first_row_used()); the rows above
@@ -42,28 +44,42 @@ class FaceGenerator:
         self,
         model: Wav2Lip,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        precision: Precision | torch.dtype = FP32,
         *,
         channels_last: bool = True,
         compile: bool = False,
         first_row: int = 0,
     ) -> None:
         self.device = torch.device(device)
-        self.dtype = dtype
         self.channels_last = channels_last
         model = FastWav2Lip(model.eval(), first_row).to(self.device)
         self.first_row = model.first_row
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self._forward = torch.compile(model, dynamic=False) if compile else model
+        self.model = model  # fp32
         # A compiled graph is specialised to one batch size (a recompile is slow), so shorter
         # batches, such as a clip's last one, are padded up to the largest size seen.
         self._compiled = compile
         self._pad_to = 0
+        self._nets: dict[Precision, torch.nn.Module] = {}
+        self.precision = Precision.of(precision)
         # Pinned staging buffers make host<->GPU copies asynchronous; reused and grown as batches require.
         self._pinned = self.device.type == "cuda"
         self._host: dict[str, torch.Tensor] = {}
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision | torch.dtype) -> None:
+        value = Precision.of(value)
+        # keep the fp32 network and the one in use: a converted copy of the weights costs memory
+        self._nets = {p: net for p, net in self._nets.items() if p in (FP32, value)}
+        if value not in self._nets:
+            net = self.model.lowered(value.dtype, value.decoder_only)
+            self._nets[value] = torch.compile(net, dynamic=False) if self._compiled else net
+        self._precision = value
 
     # -- input / output ------------------------------------------------------------------------------------
 
@@ -135,8 +151,7 @@ class FaceGenerator:
                 faces = np.concatenate([faces, np.zeros((extra, *faces.shape[1:]), faces.dtype)])
         with torch.inference_mode():
             mel, x = self.make_inputs(mels, faces)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                pred = self._forward(mel, x)
+            pred = self._nets[self._precision](mel, x)
             rows = self._to_uint8(pred[:n])
         if self.first_row == 0:
             return rows

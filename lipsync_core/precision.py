@@ -1,7 +1,8 @@
 """Which precision the generator keeps, judged against what the result's encoding already does to the same frames.
 
-On the first batch the generator runs in fp32 and in the device's faster precision (bf16 on CPUs with native
-bf16, fp16 on CUDA). Both outputs are blended into copies of the frames, and in the pixels the blend writes (the
+On the first batch the generator runs in fp32 and in each faster precision the device offers, fastest first
+(device.faster_precisions: bf16 on CPUs with native bf16 or fp16 on CUDA, throughout, then in the decoder only);
+the first that passes is kept. Each output is blended into copies of the frames, and in the pixels the blend writes (the
 mouth) two things are measured: the faster precision's PSNR against fp32, and the encoder's own PSNR on the
 fp32 frames (encoded with the result's codec and settings, decoded back). The faster precision is kept when
   - its PSNR is at least MARGIN_DB above the encoder's: its error is then at most a tenth of the error the
@@ -54,10 +55,12 @@ def _psnr(sq_err_sum: float, count: int) -> float:
     return 10.0 * math.log10(255.0 ** 2 / (sq_err_sum / count))
 
 
-def judge(frames, boxes, exact_faces, fast_faces, compositor, encode, colour=None) -> Verdict:
+def judge(frames, boxes, exact_faces, fast_faces, compositor, encode, colour=None, encoded=None) -> Verdict:
     """frames: the batch's face frames (BGR uint8 (H, W, 3), or (3, H, W) uint16 Y'CbCr with `colour`), left
     untouched; boxes: their boxes; exact_faces / fast_faces: the generator's fp32 / faster output for them;
-    encode(list of frames) -> the same frames as the result file delivers them (media.encode_roundtrip)."""
+    encode(list of frames) -> the same frames as the result file delivers them (media.encode_roundtrip).
+    encoded: a list that holds the encoder's round trip of the fp32 frames once made (empty at first): judging
+    several precisions on one batch encodes once."""
     n = min(len(frames), MEASURE_FRAMES)
     planar = colour is not None
     scale = 1.0 / 256.0 if planar else 1.0  # 16-bit samples -> 8-bit levels
@@ -78,7 +81,11 @@ def judge(frames, boxes, exact_faces, fast_faces, compositor, encode, colour=Non
         sq_fast += float(np.sum(d * d))
         count += d.size
         worst = max(worst, float(np.abs(d).max()))
-    decoded = encode(exact)
+    if encoded is None:
+        encoded = []
+    if not encoded:
+        encoded.extend(encode(exact))
+    decoded = encoded
     sq_enc, count_enc = 0.0, 0
     for a, e, r in zip(exact, decoded, regions):
         if r is None:

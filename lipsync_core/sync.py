@@ -260,74 +260,75 @@ class ClipRenderer:
     clip's frames through crop -> generator -> blend -> encoder."""
 
     def __init__(self, checkpoint: str, opts: SyncOptions, progress: Progress | None = None):
-        import torch
-
         from .composite import Compositor
-        from .device import cpu_has_native_bf16, pick_device, pick_dtype
+        from .device import FP32, faster_precisions, pick_device, pick_precision
         from .inference import FaceGenerator, default_batch_size
         from .media.encoder import codec_of, is_lossless
         from .model import load_model
 
         self.opts = opts
         self.progress = progress or Progress()
-        forced = bool(os.environ.get("LIPSYNC_PRECISION", "").strip())
         self.device = pick_device(opts.device)
-        self.dtype = pick_dtype(self.device)
+        forced = pick_precision(self.device)
         model = load_model(checkpoint, device=self.device)
         self.compositor = Compositor(opts.blend)
-        # only the face rows the blend reads are generated (the lower half for feather)
-        self.generator = FaceGenerator(model, self.device, self.dtype, first_row=self.compositor.first_row_used())
+        # only the face rows the blend reads are generated (the lower half for feather); every run starts in fp32
+        self.generator = FaceGenerator(model, self.device, forced or FP32,
+                                       first_row=self.compositor.first_row_used())
         del model  # the generator holds a folded copy
         self.batch_size = opts.batch_size or default_batch_size(self.device)
         self.precision: dict = {"chosen_by": "LIPSYNC_PRECISION" if forced else "default"}
-        self._fast = None  # the faster precision still to be judged on the first batch (precision.py)
-        if not forced and is_lossless(opts.codec, opts.crf):
+        self._candidates = []  # faster precisions still to be judged on the first batch (precision.py)
+        if forced is None and is_lossless(opts.codec, opts.crf):
             # nothing in a lossless result hides a difference: exact fp32
-            self.dtype = self.generator.dtype = torch.float32
             self.precision = {"chosen_by": "lossless output"}
             codec = codec_of(opts.codec)
             self.progress.log(f"precision: fp32 ({codec.label}{' at crf 0' if codec.name == 'h264' else ''} "
                               "is lossless)")
-        elif not forced:
-            # CUDA starts in fp16 and native-bf16 CPUs could run bf16: either is kept only if the first batch
-            # shows it below what the encoding does anyway; the batch itself runs in fp32
-            fast = self.dtype if self.dtype != torch.float32 else (
-                torch.bfloat16 if self.device.type == "cpu" and cpu_has_native_bf16() else None)
-            if fast is not None:
-                self._fast = fast
-                self.dtype = self.generator.dtype = torch.float32
-        self.progress.log(f"generator on {self.device} ({str(self.dtype).replace('torch.', '')}), "
-                          f"batch {self.batch_size}")
+        elif forced is None:
+            # CUDA fp16 and native-bf16 CPUs: kept only if the first batch shows them below what the encoding
+            # does anyway; that batch itself runs in fp32
+            self._candidates = faster_precisions(self.device)
+        self.progress.log(f"generator on {self.device} ({self.generator.precision.name}), batch {self.batch_size}")
+
+    @property
+    def dtype(self) -> str:
+        """The precision's name: fp32, bf16, fp16, bf16-decoder or fp16-decoder."""
+        return self.generator.precision.name
 
     def _predict(self, mels, crops, clock, judge_with=None):
         t0 = time.perf_counter()
         out = self.generator.predict(mels, crops)
         t0 = clock.add("generator", t0)
-        if self._fast is not None and judge_with is not None:
-            fast, self._fast = self._fast, None
-            self._choose_precision(fast, mels, crops, out, *judge_with)
+        if self._candidates and judge_with is not None:
+            candidates, self._candidates = self._candidates, []
+            self._choose_precision(candidates, mels, crops, out, *judge_with)
             clock.add("precision", t0)
         return out
 
-    def _choose_precision(self, fast, mels, crops, exact, items, encode, colour, encoding: str) -> None:
-        """Judge the faster precision on this batch (precision.judge) and keep it or fp32 for the rest."""
-        import torch
-
+    def _choose_precision(self, candidates, mels, crops, exact, items, encode, colour, encoding: str) -> None:
+        """Judge the faster precisions on this batch, fastest first (precision.judge), and keep the first that
+        passes, or fp32, for the rest of the run."""
+        from .device import FP32
         from .precision import judge
 
-        self.generator.dtype = fast
-        try:
-            fast_out = self.generator.predict(mels, crops)
-        finally:
-            self.generator.dtype = torch.float32
         frames = [f for _, f, _ in items]
         boxes = [b for _, _, b in items]
-        verdict = judge(frames, boxes, exact, fast_out, self.compositor, encode, colour)
-        name = str(fast).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
-        if verdict.keep_fast:
-            self.dtype = self.generator.dtype = fast
-        self.precision = {"chosen_by": "first batch", "tried": name, **verdict.as_dict()}
-        self.progress.log(verdict.describe(name, encoding))
+        encoded = []  # the encoder's round trip of the fp32 frames: the same for every candidate
+        tried = []
+        for candidate in candidates:
+            self.generator.precision = candidate
+            try:
+                fast_out = self.generator.predict(mels, crops)
+            finally:
+                self.generator.precision = FP32
+            verdict = judge(frames, boxes, exact, fast_out, self.compositor, encode, colour, encoded)
+            tried.append({"precision": candidate.name, "kept": verdict.keep_fast, **verdict.as_dict()})
+            self.progress.log(verdict.describe(candidate.name, encoding))
+            if verdict.keep_fast:
+                self.generator.precision = candidate
+                break
+        self.precision = {"chosen_by": "first batch", "tried": tried}
 
     def render(self, video: str, info, frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray,
                audio_path: str, audio_start: float, output: str, cancel: CancelToken | None = None,
@@ -399,7 +400,7 @@ class ClipRenderer:
                 mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
                 clock.add("crop", t0)
                 judge_with = ((face_items, encode_roundtrip, colour, encoding)
-                              if self._fast is not None else None)
+                              if self._candidates else None)
                 fut = pool.submit(self._predict, mels, crops, clock, judge_with)
             else:
                 fut = pool.submit(lambda: None)
@@ -579,7 +580,7 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
     result.update({"fps": seg["fps"], "segments": seg["segments"], "source_frames": info.frames})
     if choices:
         result["face_choices"] = choices
-    result.update({"device": str(renderer.device), "dtype": str(renderer.dtype).replace("torch.", ""),
+    result.update({"device": str(renderer.device), "dtype": renderer.dtype,
                    "precision": renderer.precision,
                    "seconds": total, "timings": dict(clock.seconds)})
     return result

@@ -214,27 +214,36 @@ def test_pick_device(monkeypatch):
         dev.pick_device("cuda:3")
 
 
-def test_pick_dtype(monkeypatch):
+def test_pick_precision(monkeypatch):
     monkeypatch.delenv("LIPSYNC_PRECISION", raising=False)
-    assert dev.pick_dtype("cuda") == torch.float16
-    assert dev.pick_dtype("cpu") == torch.float32  # bf16 is opt-in on CPUs (see device.py)
-    assert dev.pick_dtype("mps") == torch.float32
+    for device in ("cuda", "cpu", "mps"):
+        assert dev.pick_precision(device) is None  # not forced: fp32, then the first-batch rule
     monkeypatch.setenv("LIPSYNC_PRECISION", "fp32")
-    assert dev.pick_dtype("cuda") == torch.float32
+    assert dev.pick_precision("cuda") == dev.FP32
     monkeypatch.setenv("LIPSYNC_PRECISION", "bf16")
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
-    assert dev.pick_dtype("cpu") == torch.bfloat16
+    assert dev.pick_precision("cpu") == dev.Precision(torch.bfloat16)
+    monkeypatch.setenv("LIPSYNC_PRECISION", "bf16-decoder")
+    p = dev.pick_precision("cpu")
+    assert p == dev.Precision(torch.bfloat16, decoder_only=True) and p.name == "bf16-decoder"
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="not supported"):
-        assert dev.pick_dtype("cpu") == torch.float32
+        assert dev.pick_precision("cpu") == dev.FP32
     monkeypatch.setenv("LIPSYNC_PRECISION", "fp16")
     with pytest.warns(UserWarning):
-        assert dev.pick_dtype("cpu") == torch.float32
-    monkeypatch.setenv("LIPSYNC_PRECISION", "fp8")
-    with pytest.raises(LipsyncError, match="fp32, bf16, fp16"):
-        dev.pick_dtype("cpu")
+        assert dev.pick_precision("cpu") == dev.FP32
+    for bad in ("fp8", "bf16-encoder"):
+        monkeypatch.setenv("LIPSYNC_PRECISION", bad)
+        with pytest.raises(LipsyncError, match="fp32, bf16, fp16, bf16-decoder, fp16-decoder"):
+            dev.pick_precision("cpu")
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
-    assert dev.pick_dtype("cpu", override="bfloat16") == torch.bfloat16
+    assert dev.pick_precision("cpu", override="bfloat16") == dev.Precision(torch.bfloat16)
+    # what the first batch judges, fastest first
+    assert [p.name for p in dev.faster_precisions("cpu")] == ["bf16", "bf16-decoder"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [p.name for p in dev.faster_precisions("cuda")] == ["fp16", "fp16-decoder"]
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.faster_precisions("cpu") == [] and dev.faster_precisions("mps") == []
 
 
 # -- inference -------------------------------------------------------------------------------------------
@@ -284,6 +293,40 @@ def test_bf16_close_to_fp32(model):
     print(f"bf16 vs fp32: max {diff.max()}/255, mean {diff.mean():.3f}/255, >1/255 on {np.mean(diff > 1):.1%}")
     assert diff.mean() <= 2.5 and diff.max() <= 40
     assert np.mean(diff <= 1) > 0.5
+
+
+@pytest.mark.skipif(not dev.cpu_has_native_bf16(), reason="CPU has no native bf16: emulated bf16 is too slow")
+def test_bf16_decoder_keeps_the_encoders_and_output_in_fp32():
+    """bf16-decoder: the decoder's weights are a bf16 copy, the encoders' and output layer's stay the fp32
+    model's own (shared, not copied); on trained-like weights with real face crops and speech it moves the
+    output far less than bf16 throughout; building it leaves the fp32 network's numbers untouched."""
+    from tools.random_weights import face_and_speech_batch, trained_like_model
+
+    net = fast_model.FastWav2Lip(trained_like_model(0, spread=0.1), first_row=47)
+    mel, x = face_and_speech_batch(8)
+    with torch.inference_mode():
+        fp32 = net(mel, x)
+        whole = net.lowered(torch.bfloat16)
+        part = net.lowered(torch.bfloat16, decoder_only=True)
+        assert part.face_encoder_blocks is net.face_encoder_blocks and part.output_block is net.output_block
+        assert part.face_decoder_blocks is not net.face_decoder_blocks
+        assert next(part.face_decoder_blocks.parameters()).dtype == torch.bfloat16
+        assert next(net.face_decoder_blocks.parameters()).dtype == torch.float32
+        assert part.stage_dtypes == (torch.float32, torch.bfloat16, torch.float32)
+        d_whole = 255 * (whole(mel, x).float() - fp32).abs()
+        d_part = 255 * (part(mel, x).float() - fp32).abs()
+        assert torch.equal(net(mel, x), fp32)
+    print(f"bf16 max {d_whole.max():.2f} mean {d_whole.mean():.3f}; bf16-decoder max {d_part.max():.2f} "
+          f"mean {d_part.mean():.3f} (/255)")
+    assert 0 < d_part.max() < d_whole.max() / 2 and d_part.mean() < d_whole.mean() / 2
+    # the generator switches between them; the fp32 network is kept throughout
+    gen = FaceGenerator(trained_like_model(0, spread=0.1), "cpu", first_row=47)
+    mels, faces = batch(4, seed=3)
+    a = gen.predict(mels, faces)
+    gen.precision = dev.Precision(torch.bfloat16, decoder_only=True)
+    b = gen.predict(mels, faces)
+    gen.precision = dev.FP32
+    assert np.array_equal(gen.predict(mels, faces), a) and not np.array_equal(a, b)
 
 
 # -- the inference rewrite: BN folded, only the rows the blend reads ------------------------------------

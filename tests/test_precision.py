@@ -28,6 +28,8 @@ def work(tmp_path_factory):
             "speech": sample_media.speech_wav(d / "s.wav", seconds=1.0),
             # output spread 0.044 (0.22..0.76), calm residual branches: bf16 stays close to fp32
             "calm": write_random_checkpoint(d / "calm.pth", model=trained_like_model(0, 0.05, (0.05, 0.1))),
+            # output spread 0.15: bf16 throughout moves a few mouth pixels past the cap, bf16 in the decoder does not
+            "spread": write_random_checkpoint(d / "spread.pth", model=trained_like_model(0, 0.15)),
             # the test checkpoint (output spread 0.33 over 0..1): bf16 moves some mouth pixels by tens of levels
             "wild": shared_checkpoint(tmp_path_factory, "official", 0)}
 
@@ -50,25 +52,41 @@ def test_bf16_is_kept_where_it_is_far_below_the_encoding(work):
     result, logs = _run(work, "calm", "calm.mp4")
     p = result["precision"]
     print(p)
-    assert result["dtype"] == "bfloat16" and p["tried"] == "bf16"
-    assert p["psnr_fast"] >= p["psnr_encode"] + precision.MARGIN_DB and p["max_diff"] <= precision.MAX_DIFF
+    assert result["dtype"] == "bf16" and [t["precision"] for t in p["tried"]] == ["bf16"]
+    t = p["tried"][0]
+    assert t["kept"] and t["psnr_fast"] >= t["psnr_encode"] + precision.MARGIN_DB
+    assert t["max_diff"] <= precision.MAX_DIFF
     assert len(logs) == 1 and logs[0].startswith("precision: using bf16 (bf16 vs fp32") and "H.264 crf 18" in logs[0]
 
 
 @needs_bf16
-def test_bf16_is_refused_when_it_moves_pixels_past_the_cap(work):
+def test_bf16_in_the_decoder_only_is_kept_where_bf16_throughout_is_not(work):
+    result, logs = _run(work, "spread", "spread.mp4")
+    p = result["precision"]
+    print(p)
+    assert result["dtype"] == "bf16-decoder"
+    whole, part = p["tried"]
+    assert whole["precision"] == "bf16" and not whole["kept"] and whole["max_diff"] > precision.MAX_DIFF
+    assert part["precision"] == "bf16-decoder" and part["kept"] and part["max_diff"] <= precision.MAX_DIFF
+    assert part["psnr_encode"] == whole["psnr_encode"]  # the encoding measured once, on the same fp32 frames
+    assert logs[0].startswith("precision: keeping fp32 (bf16 vs fp32")
+    assert logs[1].startswith("precision: using bf16-decoder (bf16-decoder vs fp32")
+
+
+@needs_bf16
+def test_fp32_is_kept_when_every_faster_precision_moves_pixels_past_the_cap(work):
     result, logs = _run(work, "wild", "wild.mp4")
     p = result["precision"]
     print(p)
-    assert result["dtype"] == "float32" and p["tried"] == "bf16"
-    assert p["max_diff"] > precision.MAX_DIFF
-    assert logs[0].startswith("precision: keeping fp32")
+    assert result["dtype"] == "fp32" and [t["precision"] for t in p["tried"]] == ["bf16", "bf16-decoder"]
+    assert all(not t["kept"] and t["max_diff"] > precision.MAX_DIFF for t in p["tried"])
+    assert len(logs) == 2 and all(m.startswith("precision: keeping fp32") for m in logs)
 
 
 @pytest.mark.parametrize("opts,name", [({"codec": "ffv1"}, "lossless.mkv"), ({"crf": 0}, "crf0.mp4")])
 def test_lossless_results_run_exact_fp32_without_trying(work, monkeypatch, opts, name):
     result, logs = _run(work, "calm", name, **opts)
-    assert result["dtype"] == "float32" and result["precision"] == {"chosen_by": "lossless output"}
+    assert result["dtype"] == "fp32" and result["precision"] == {"chosen_by": "lossless output"}
     assert logs and "is lossless" in logs[0]
     if opts.get("codec") == "ffv1":  # exactly what a forced fp32 run writes
         from lipsync_core.media import FrameReader
@@ -84,8 +102,11 @@ def test_lossless_results_run_exact_fp32_without_trying(work, monkeypatch, opts,
 def test_lipsync_precision_forces_bf16_without_the_check(work, monkeypatch):
     monkeypatch.setenv("LIPSYNC_PRECISION", "bf16")
     result, logs = _run(work, "wild", "forced.mkv", codec="ffv1")  # even where the rule would say fp32
-    assert result["dtype"] == "bfloat16" and result["precision"] == {"chosen_by": "LIPSYNC_PRECISION"}
+    assert result["dtype"] == "bf16" and result["precision"] == {"chosen_by": "LIPSYNC_PRECISION"}
     assert logs == []
+    monkeypatch.setenv("LIPSYNC_PRECISION", "bf16-decoder")
+    result, logs = _run(work, "wild", "forced_decoder.mkv", codec="ffv1")
+    assert result["dtype"] == "bf16-decoder" and logs == []
 
 
 def test_judge_measures_only_the_pasted_pixels():

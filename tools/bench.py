@@ -121,7 +121,8 @@ def run_config(cfg: dict) -> dict:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"frames": result["frames"], "face_frames": result["face_frames"], "seconds": wall,
             "fps": result["frames"] / wall, "timings": result["timings"], "device": result["device"],
-            "dtype": result["dtype"], "peak_rss_mb": rss, "peak_child_rss_mb": children.peak_mb}
+            "dtype": result["dtype"], "precision": result["precision"], "peak_rss_mb": rss,
+            "peak_child_rss_mb": children.peak_mb}
 
 
 def run_worker(cfg: dict) -> dict:
@@ -231,22 +232,19 @@ def spawn(cfg: dict) -> dict:
 
 
 def generator_alone(checkpoint: str, device: str, batches=(16, 32, 64), repeats: int = 3) -> list[dict]:
-    """The generator by itself: whole face (first_row 0, as the reference) and the feather blend's band."""
-    import torch
-
-    from lipsync_core.device import pick_device, pick_dtype
+    """The generator by itself, in fp32 and each faster precision the device offers: whole face (first_row 0, as
+    the reference) and the feather blend's band."""
+    from lipsync_core.composite import Compositor
+    from lipsync_core.device import FP32, faster_precisions, pick_device
     from lipsync_core.inference import FaceGenerator
     from lipsync_core.model import load_model
 
     dev = pick_device(device)
     model = load_model(checkpoint, device=dev)
     rows = []
-    from lipsync_core.composite import Compositor
-
     band = Compositor("feather").first_row_used()
-    fast = pick_dtype(dev, "bf16" if dev.type == "cpu" else None)  # CPU: bf16 falls back to fp32 if not native
-    for dtype, first_row in itertools.product(dict.fromkeys([torch.float32, fast]), (0, band)):
-        gen = FaceGenerator(model, dev, dtype, first_row=first_row)
+    for precision, first_row in itertools.product([FP32, *faster_precisions(dev)], (0, band)):
+        gen = FaceGenerator(model, dev, precision, first_row=first_row)
         for b in batches:
             mels = np.random.default_rng(0).standard_normal((b, 80, 16)).astype(np.float32)
             faces = np.random.default_rng(1).integers(0, 255, (b, 96, 96, 3), dtype=np.uint8)
@@ -255,8 +253,7 @@ def generator_alone(checkpoint: str, device: str, batches=(16, 32, 64), repeats:
             for _ in range(repeats):
                 gen.predict(mels, faces)
             dt = (time.perf_counter() - t0) / repeats
-            rows.append({"dtype": str(dtype).replace("torch.", ""), "rows": f"{first_row}-95", "batch": b,
-                         "fps": b / dt})
+            rows.append({"dtype": precision.name, "rows": f"{first_row}-95", "batch": b, "fps": b / dt})
     return rows
 
 
@@ -294,6 +291,9 @@ def print_run(name: str, r: dict) -> None:
         fps = r["frames"] / sec if sec > 0 else float("inf")
         note = "  (main thread waiting on the generator)" if st == "wait" else ""
         print(f"  {st:<10}{sec:>9.2f}{fps:>10.1f}{100 * sec / total:>7.1f}%{note}")
+    for t in (r.get("precision") or {}).get("tried", []):
+        print(f"  precision {t['precision']}: {'kept' if t['kept'] else 'refused'}, {t['psnr_fast']} dB vs fp32 in "
+              f"the mouth, the encoding {t['psnr_encode']} dB, largest difference {t['max_diff']:g}/255")
 
 
 def bench_batch(seconds: float, device: str, json_path: str, jobs: int = 6) -> int:
@@ -388,6 +388,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", action="store_true",
                     help="only the batch engine's overhead: 6 jobs on a one-node local Ray cluster against the "
                          "same jobs run here one after another (needs Ray)")
+    ap.add_argument("--rows", metavar="TEXT",
+                    help="only the end-to-end runs whose name contains TEXT (and the reference, if asked for)")
     ap.add_argument("--reference", metavar="DIR",
                     help="a runnable checkout of Rudrabha/Wav2Lip: time its inference.py on the same clip and box")
     args = ap.parse_args(argv)
@@ -401,15 +403,23 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.batch:
         return bench_batch(args.seconds or (4.0 if args.quick else 10.0), args.device, args.json)
-    # Two untrained checkpoints (no real weights can be had here): the calibrated one the tests use, on which
-    # bf16 moves mouth pixels past precision.MAX_DIFF (so the engine keeps fp32), and PyTorch's plain
-    # initialisation, on which bf16 stays within 1/255 (so the engine's first-batch rule switches to bf16).
+    # Untrained checkpoints (no real weights can be had here), each a different case for the precision rule:
+    # trained-like (BN statistics from real face crops and speech, output spread 0.1 and 0.15, as a trained
+    # generator's), the random one the tests use (output spread over 0..1: no low precision passes), and
+    # PyTorch's plain initialisation (a flat grey on which bf16 looks exact).
+    from tools.random_weights import trained_like_model
+
     ckpt = OUT / "random_wav2lip.pth"
     if not ckpt.exists():
         write_random_checkpoint(ckpt)
     plain = OUT / "plain_init_wav2lip.pth"
     if not plain.exists():
         write_random_checkpoint(plain, plain_init=True)
+    calibrated = {}
+    for spread in (0.1, 0.15):
+        calibrated[spread] = OUT / f"calibrated_{spread:g}_wav2lip.pth"
+        if not calibrated[spread].exists():
+            write_random_checkpoint(calibrated[spread], model=trained_like_model(0, spread))
     short_s = seconds / 4
     clip = make_clip(OUT / f"clip_{int(seconds)}s.mp4", seconds)
     short = make_clip(OUT / f"clip_{int(short_s)}s.mp4", short_s)
@@ -430,8 +440,18 @@ def main(argv=None) -> int:
         return bench_edit(report, clip, speech, ckpt, seconds, args)
     main_run = f"fixed box, {seconds:g} s"
     short_run = f"fixed box, {short_s:g} s (memory check)"
+    cal = f"fixed box, {seconds:g} s, calibrated weights"
+    cal_hd = f"fixed box, 1920x1080, {short_s:g} s, calibrated weights"
+    fp32 = {"LIPSYNC_PRECISION": "fp32"}
+    hd_run = {"video": str(hd), "audio": str(short_speech), "options": dict(fixed, box=hd_box)}
     runs = {
-        main_run: {"video": str(clip), "options": fixed},
+        f"{cal} (spread 0.1)": {"video": str(clip), "checkpoint": str(calibrated[0.1]), "options": fixed},
+        f"{cal} (spread 0.15)": {"video": str(clip), "checkpoint": str(calibrated[0.15]), "options": fixed},
+        f"{cal}, fp32 forced": {"video": str(clip), "checkpoint": str(calibrated[0.1]), "options": fixed,
+                                "env": fp32},
+        f"{cal_hd} (spread 0.1)": dict(hd_run, checkpoint=str(calibrated[0.1])),
+        f"{cal_hd}, fp32 forced": dict(hd_run, checkpoint=str(calibrated[0.1]), env=fp32),
+        f"{main_run}, test weights (no low precision passes: fp32)": {"video": str(clip), "options": fixed},
         short_run: {"video": str(short), "options": fixed},
         f"fixed box, {seconds:g} s, plain-init weights (bf16 passes the check)": {
             "video": str(clip), "checkpoint": str(plain), "options": fixed},
@@ -441,8 +461,7 @@ def main(argv=None) -> int:
             "detector": "opencv", "cache": True, "device": args.device}},
         f"detection cached, {seconds:g} s": {"video": str(clip), "options": {
             "detector": "opencv", "cache": True, "device": args.device}},
-        f"fixed box, 1920x1080, {short_s:g} s": {"video": str(hd), "audio": str(short_speech),
-                                                  "options": dict(fixed, box=hd_box)},
+        f"fixed box, 1920x1080, {short_s:g} s, test weights": hd_run,
         f"Blender worker, {seconds:g} s": {"video": str(clip), "worker": True, "options": fixed},
         f"Blender worker, {short_s:g} s": {"video": str(short), "worker": True, "options": fixed},
     }
@@ -451,6 +470,8 @@ def main(argv=None) -> int:
     for real in sorted(shared.glob("*.mp4")) if shared.is_dir() else []:
         runs[f"{real.name}, auto segments (opencv, uncached)"] = {
             "video": str(real), "fresh_cache": True, "options": {"detector": "opencv", "device": args.device}}
+    if args.rows:
+        runs = {name: cfg for name, cfg in runs.items() if args.rows in name}
     for name, cfg in runs.items():
         cfg.setdefault("checkpoint", str(ckpt))
         cfg.setdefault("audio", str(speech))
@@ -458,37 +479,41 @@ def main(argv=None) -> int:
         r = spawn(cfg)
         report["runs"][name] = r
         print_run(name, r)
-    report["memory_growth"] = report["runs"][main_run]["peak_rss_mb"] / report["runs"][short_run]["peak_rss_mb"]
-    report["worker_memory_growth"] = (report["runs"][f"Blender worker, {seconds:g} s"]["peak_rss_mb"]
-                                      / report["runs"][f"Blender worker, {short_s:g} s"]["peak_rss_mb"])
-    print(f"\npeak memory {seconds:g} s vs {short_s:g} s clip: engine {report['memory_growth']:.2f}x, "
-          f"Blender worker {report['worker_memory_growth']:.2f}x")
-    det = report["runs"][f"detection (auto segments), {seconds:g} s"]
-    share = det["timings"].get("detect", 0) / det["seconds"]
-    report["detect_share"] = share
-    print(f"detection share of end-to-end time: {100 * share:.1f}%")
+    done = report["runs"]
+    if main_run + ", test weights (no low precision passes: fp32)" in done and short_run in done:
+        main = done[main_run + ", test weights (no low precision passes: fp32)"]
+        report["memory_growth"] = main["peak_rss_mb"] / done[short_run]["peak_rss_mb"]
+        print(f"\npeak memory {seconds:g} s vs {short_s:g} s clip: engine {report['memory_growth']:.2f}x")
+    long_worker, short_worker = f"Blender worker, {seconds:g} s", f"Blender worker, {short_s:g} s"
+    if long_worker in done and short_worker in done:
+        report["worker_memory_growth"] = done[long_worker]["peak_rss_mb"] / done[short_worker]["peak_rss_mb"]
+        print(f"Blender worker peak memory {seconds:g} s vs {short_s:g} s: {report['worker_memory_growth']:.2f}x")
+    det = done.get(f"detection (auto segments), {seconds:g} s")
+    if det:
+        report["detect_share"] = share = det["timings"].get("detect", 0) / det["seconds"]
+        print(f"detection share of end-to-end time: {100 * share:.1f}%")
 
     if args.reference:
+        # The reference runs fp32 whatever the weights; its speed does not depend on them.
         report["reference"] = ref = run_reference(Path(args.reference), ckpt, clip, speech, box)
         print(f"\nreference inference.py, fixed box: {ref['frames']} frames in {ref['seconds']:.1f} s = "
               f"{ref['fps']:.1f} frames/s, peak memory {ref['peak_rss_mb']:.0f} MB")
-        report["speedup_vs_reference"] = {}
-        for name, r in report["runs"].items():
-            if name.startswith("fixed box") and "memory" not in name and "1080" not in name:
-                report["speedup_vs_reference"][name] = r["fps"] / ref["fps"]
-                print(f"  {name}: {r['fps']:.1f} frames/s ({r['dtype']}) = {r['fps'] / ref['fps']:.2f}x")
         report["reference_1080p"] = ref_hd = run_reference(Path(args.reference), ckpt, hd, short_speech, hd_box)
-        ours = report["runs"][f"fixed box, 1920x1080, {short_s:g} s"]
-        report["speedup_vs_reference"]["1080p"] = ours["fps"] / ref_hd["fps"]
         print(f"reference inference.py, 1920x1080, fixed box: {ref_hd['fps']:.1f} frames/s, peak memory "
-              f"{ref_hd['peak_rss_mb']:.0f} MB; ours {ours['fps']:.1f} frames/s ({ours['dtype']}) = "
-              f"{ours['fps'] / ref_hd['fps']:.2f}x")
+              f"{ref_hd['peak_rss_mb']:.0f} MB")
+        report["speedup_vs_reference"] = {}
+        for name, r in done.items():
+            if name.startswith("fixed box") and "memory" not in name:
+                base = ref_hd if "1920x1080" in name else ref
+                report["speedup_vs_reference"][name] = r["fps"] / base["fps"]
+                print(f"  {name}: {r['fps']:.1f} frames/s ({r['dtype']}) = {r['fps'] / base['fps']:.2f}x")
 
-    rows = generator_alone(str(ckpt), args.device)
-    report["generator_alone"] = rows
-    print("\ngenerator alone (frames/s):")
-    for row in rows:
-        print(f"  {row['dtype']:<9} rows {row['rows']:<6} batch {row['batch']:>3}: {row['fps']:.1f}")
+    if not args.rows:
+        rows = generator_alone(str(calibrated[0.1]), args.device)
+        report["generator_alone"] = rows
+        print("\ngenerator alone, calibrated weights (frames/s):")
+        for row in rows:
+            print(f"  {row['dtype']:<13} rows {row['rows']:<6} batch {row['batch']:>3}: {row['fps']:.1f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"\nsaved {args.json}")
