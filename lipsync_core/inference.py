@@ -36,8 +36,8 @@ class FaceGenerator:
     output rows from `first_row` down (what the compositor uses: Compositor.first_row_used()); the rows above
     it are returned as the input face's own pixels. first_row=0 computes the whole face like the reference.
     `model` is put in eval mode and left otherwise untouched.
-    `compile=True` wraps it in torch.compile: off by default, since on the 2-core test CPU it compiled for
-    36-45 s to gain 15% (fp32) / 6% (bf16) at batch 16.
+    No torch.compile: measured on the CPU it gained nothing in fp32 and a few percent in bf16-decoder for a
+    compile longer than most clips (README, Speed).
     """
 
     def __init__(
@@ -47,7 +47,6 @@ class FaceGenerator:
         precision: Precision | torch.dtype = FP32,
         *,
         channels_last: bool = True,
-        compile: bool = False,
         first_row: int = 0,
     ) -> None:
         self.device = torch.device(device)
@@ -57,10 +56,6 @@ class FaceGenerator:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # fp32
-        # A compiled graph is specialised to one batch size (a recompile is slow), so shorter
-        # batches, such as a clip's last one, are padded up to the largest size seen.
-        self._compiled = compile
-        self._pad_to = 0
         self._nets: dict[Precision, torch.nn.Module] = {}
         self.precision = Precision.of(precision)
         # Pinned staging buffers make host<->GPU copies asynchronous; reused and grown as batches require.
@@ -77,8 +72,7 @@ class FaceGenerator:
         # keep the fp32 network and the one in use: a converted copy of the weights costs memory
         self._nets = {p: net for p, net in self._nets.items() if p in (FP32, value)}
         if value not in self._nets:
-            net = self.model.lowered(value.dtype, value.decoder_only)
-            self._nets[value] = torch.compile(net, dynamic=False) if self._compiled else net
+            self._nets[value] = self.model.lowered(value.dtype, value.decoder_only)
         self._precision = value
 
     # -- input / output ------------------------------------------------------------------------------------
@@ -143,12 +137,6 @@ class FaceGenerator:
             return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
         self.check_batch(mels, faces)
         n = len(faces)
-        if self._compiled:
-            self._pad_to = max(self._pad_to, n)
-            if n < self._pad_to:
-                extra = self._pad_to - n
-                mels = np.concatenate([mels, np.zeros((extra, *mels.shape[1:]), mels.dtype)])
-                faces = np.concatenate([faces, np.zeros((extra, *faces.shape[1:]), faces.dtype)])
         with torch.inference_mode():
             mel, x = self.make_inputs(mels, faces)
             pred = self._nets[self._precision](mel, x)

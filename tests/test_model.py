@@ -414,19 +414,6 @@ def test_predict_edge_cases(model):
     assert default_batch_size("cpu") == 32 and default_batch_size("cuda") >= 64
 
 
-def test_short_batches_are_padded_for_a_compiled_model(model):
-    gen = FaceGenerator(model, "cpu", torch.float32)
-    gen._compiled = True  # the padding logic, without paying for torch.compile
-    mels, faces = batch(3, seed=3)
-    full = gen.predict(mels, faces)
-    seen = []
-    forward = gen._forward
-    gen._forward = lambda mel, x: seen.append(len(x)) or forward(mel, x)
-    short = gen.predict(mels[:1], faces[:1])
-    assert seen == [3] and short.shape == (1, 96, 96, 3)
-    assert np.abs(short.astype(int) - full[:1].astype(int)).max() <= 1
-
-
 def test_no_warnings_on_load(official):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
