@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .yuv420 import Yuv420
+
 MODES = ("feather", "box")
 
 
@@ -86,11 +88,13 @@ class Compositor:
         """Blend `face96` (the model's BGR uint8 output for crop `box` = (x1, y1, x2, y2)) into `frame`.
 
         `frame`: (H, W, 3) uint8 BGR, or with `colour` (a colour.YuvColour) a (3, H, W) uint16 Y'CbCr frame
-        (the faithful path: the mouth is converted to the source's matrix and blended at 16 bits).
+        (the faithful path: the mouth is converted to the source's matrix and blended at 16 bits), or with a
+        yuv420.Yuv420 an 8-bit 4:2:0 frame (blended in BGR as the BGR path does, and converted back in the
+        region only).
         Modifies and returns `frame`. A box reaching past the frame is clipped (the face is resized to the
         full box first, so the visible part lines up).
         """
-        place = self.region(frame.shape[1:] if colour is not None else frame.shape[:2], box)
+        place = self.region(colour.frame_hw(frame) if colour is not None else frame.shape[:2], box)
         if place is None:
             return frame
         (fy0, fy1, fx0, fx1), (by0, by1, bx0, bx1), (bw, bh) = place
@@ -104,6 +108,12 @@ class Compositor:
             _, a, inv, (my0, _, mx0, _) = self._weights(bw, bh)
             wa = np.ascontiguousarray(a[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
             wb = np.ascontiguousarray(inv[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
+        if isinstance(colour, Yuv420):
+            if wa is None:
+                colour.paste_bgr(frame, (fy0, fy1, fx0, fx1), lambda roi: src)
+            else:
+                colour.paste_bgr(frame, (fy0, fy1, fx0, fx1), lambda roi: cv2.blendLinear(src, roi, wa, wb))
+            return frame
         if colour is not None:
             roi = frame[:, fy0:fy1, fx0:fx1]
             new = colour.from_bgr(src)

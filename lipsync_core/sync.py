@@ -10,6 +10,7 @@ batch size, not by the clip's length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from . import audio as A
 from .errors import LipsyncError
 from .progress import CancelToken, Progress
 from .segments import Segment, all_face, parse_ranges, segments_from_presence, segments_to_dict
+from .yuv420 import Yuv420
 
 IMG = 96  # the generator's face size
 
@@ -320,6 +322,11 @@ class ClipRenderer:
             fast_out = self.generator.predict(mels, crops)
         finally:
             self.generator.dtype = torch.float32
+        if isinstance(colour, Yuv420):  # judged in BGR, as the decoder shows the frames (the BGR path's measure)
+            from .precision import MEASURE_FRAMES
+
+            items = [(k, colour.to_bgr(f), b) for k, f, b in items[:MEASURE_FRAMES]]
+            encode, colour = functools.partial(encode, frame_format_="bgr24"), None
         frames = [f for _, f, _ in items]
         boxes = [b for _, _, b in items]
         verdict = judge(frames, boxes, exact, fast_out, self.compositor, encode, colour)
@@ -336,24 +343,20 @@ class ClipRenderer:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
-        from .colour import YuvColour
         from .media import VideoEncoder, encoded_size
         from .media.encoder import codec_of, output_pix_fmt
 
         codec = codec_of(self.opts.codec)
-        # ProRes / FFV1: frames cross as the source's own Y'CbCr at 16 bits, so the pixels outside the mouth keep
-        # their samples and bit depth; H.264 (8-bit 4:2:0) takes BGR as before
-        frame_format = "yuv444p16le" if codec.faithful else "bgr24"
-        colour = YuvColour(info.color_space, info.color_range) if codec.faithful else None
+        frame_format, colour = frame_format_for(codec, info, self.opts.exact_size)
         enc_opts = {"crf": self.opts.crf, "preset": self.opts.preset, "color_space": info.color_space,
                     "codec": codec.name, "frame_format": frame_format, "source_pix_fmt": info.pix_fmt,
                     "color_range": info.color_range, "exact_size": self.opts.exact_size}
         encoding = codec.label + (f" crf {self.opts.crf}" if codec.name == "h264" else "")
 
-        def encode_roundtrip(frames_):
+        def encode_roundtrip(frames_, frame_format_=frame_format):
             from .media import encode_roundtrip as roundtrip
 
-            return roundtrip(frames_, info.fps_rational, **enc_opts)
+            return roundtrip(frames_, info.fps_rational, **dict(enc_opts, frame_format=frame_format_))
 
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
@@ -456,12 +459,33 @@ def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: S
                 t0 = time.perf_counter()
 
 
+def frame_format_for(codec, info, exact_size: bool = False):
+    """How frames cross the pipes for this result, and the conversion the face pipeline uses on them:
+    - ProRes / FFV1: the source's own Y'CbCr at 16 bits ("yuv444p16le", colour.YuvColour), so the pixels outside
+      the mouth keep their samples and bit depth;
+    - H.264 of an 8-bit 4:2:0 source of even size: its own planes ("yuv420p", yuv420.Yuv420): half the bytes of
+      BGR, no conversion outside the face crop and the mouth, every other sample passes through;
+    - otherwise (10-bit or 4:2:2 sources, odd sizes, full-chroma results): BGR ("bgr24", None)."""
+    from .colour import YuvColour
+    from .media.encoder import output_pix_fmt
+
+    if codec.faithful:
+        return "yuv444p16le", YuvColour(info.color_space, info.color_range)
+    keep = (info.width, info.height) if exact_size else None
+    if (info.pix_fmt == "yuv420p" and not info.width % 2 and not info.height % 2
+            and output_pix_fmt(codec.name, info.pix_fmt, keep) == "yuv420p"):
+        return "yuv420p", Yuv420(info.width, info.height, info.color_space, info.color_range)
+    return "bgr24", None
+
+
 def _crop96(frame: np.ndarray, box, colour=None) -> np.ndarray:
     """The generator's 96x96 BGR uint8 input; a (3, H, W) Y'CbCr frame (with its colour.YuvColour) is
-    converted in the box only."""
+    converted in the box only, a 4:2:0 frame (with its yuv420.Yuv420) only where the resize reads."""
     import cv2
 
     x1, y1, x2, y2 = box
+    if isinstance(colour, Yuv420):
+        return colour.resized_bgr(frame, box, IMG)
     if colour is not None:
         return cv2.resize(colour.to_bgr8(frame[:, y1:y2, x1:x2]), (IMG, IMG))
     return cv2.resize(frame[y1:y2, x1:x2], (IMG, IMG))
