@@ -8,6 +8,8 @@ box stay bit-identical, and no edge shows.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
@@ -40,6 +42,7 @@ class Compositor:
         self.interpolation = interpolation
         self._cache: dict[tuple[int, int], tuple] = {}
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     # Rows above floor(source position) that each interpolation reads (linear: none, cubic: 1, Lanczos-4: 3);
     # nearest rounds differently for small boxes, so it gets 2. The test tries every box height up to 400.
@@ -79,9 +82,10 @@ class Compositor:
             y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         a = np.ascontiguousarray(alpha[y0:y1, x0:x1])
         entry = (alpha, a, np.ascontiguousarray(1.0 - a), (y0, y1, x0, x1))
-        if len(self._cache) >= self._cache_size:
-            self._cache.pop(next(iter(self._cache)))  # oldest first
-        self._cache[key] = entry
+        with self._lock:  # frames are pasted from several threads
+            if len(self._cache) >= self._cache_size:
+                self._cache.pop(next(iter(self._cache)), None)  # oldest first
+            self._cache[key] = entry
         return entry
 
     def paste(self, frame: np.ndarray, face96: np.ndarray, box, colour=None) -> np.ndarray:

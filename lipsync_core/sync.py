@@ -364,6 +364,8 @@ class ClipRenderer:
         progress = self.progress
         progress.start("sync", n)
         pool = ThreadPoolExecutor(max_workers=1)  # generator runs while the main thread decodes/blends
+        # crops and pastes of a batch's frames, side by side (a converting 4:2:0 paste weighs more than a BGR one)
+        workers = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
         pending = None  # (future, [(frame, box) ...]) of the batch being generated
         buf: list = []  # [(k, frame, box|None)] waiting for the next batch, in output order
         n_face = batch_faces = 0
@@ -377,11 +379,10 @@ class ClipRenderer:
             t0 = time.perf_counter()
             faces = fut.result()
             t0 = clock.add("wait", t0)  # main thread idle: the generator is the bottleneck
-            fi = 0
-            for _, frame, box in items:
-                if box is not None:
-                    self.compositor.paste(frame, faces[fi], box, colour)
-                    fi += 1
+            pasted = [(frame, box) for _, frame, box in items if box is not None]
+            # frames are pasted in parallel (OpenCV and numpy release the GIL); each thread writes its own frame
+            if pasted:
+                list(workers.map(lambda fb, face: self.compositor.paste(fb[0], face, fb[1], colour), pasted, faces))
             t0 = clock.add("blend", t0)
             for _, frame, _ in items:
                 enc.write(frame)
@@ -397,8 +398,11 @@ class ClipRenderer:
             face_items = [(k, f, b) for k, f, b in items if b is not None]
             if face_items:
                 crops = np.empty((len(face_items), IMG, IMG, 3), np.uint8)
-                for i, (_, f, b) in enumerate(face_items):
-                    crops[i] = _crop96(f, b, colour)
+
+                def crop(i):
+                    crops[i] = _crop96(face_items[i][1], face_items[i][2], colour)
+
+                list(workers.map(crop, range(len(face_items))))
                 mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
                 clock.add("crop", t0)
                 judge_with = ((face_items, encode_roundtrip, colour, encoding)
@@ -430,6 +434,7 @@ class ClipRenderer:
             clock.add("encode", t0)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            workers.shutdown(wait=True, cancel_futures=True)
             progress.finish("sync")
         # 4:2:0 holds only even sizes (4:2:2 even widths): an odd source gets one extra column / row at the right /
         # bottom edge (unless exact_size chose full chroma). The picture starts at the file's pixel (0, 0); an

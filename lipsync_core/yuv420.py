@@ -91,24 +91,36 @@ class Yuv420:
 
     # ---------------------------------------------------------------------------------------------- to BGR
 
-    def _chroma_up(self, plane: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Cb or Cr interpolated to luma rows y0:y1, columns x0:x1 (float32)."""
-        r0, r1, rf = (a[y0:y1] for a in self._rows)
-        top = int(r0[0])
+    def _chroma_up(self, frame: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Cb and Cr interpolated to luma rows y0:y1, columns x0:x1: (h, w, 2) float32."""
+        _, u, v = planes(frame)
+        h2 = self.height // 2
+        # chroma rows k0..k1 feed luma rows y0..y1: row 2k+1 is chroma row k, row 2k the mean of k-1 and k
+        k0, k1 = max(0, y0 // 2 - 1), min(h2, (y1 + 1) // 2 + 1)
         # one chroma column beyond each side (where the frame has one): OpenCV's 2x linear resize is swscale's
         # horizontal interpolation, and its repeated border then only touches columns cut off below
         left, right = max(0, x0 // 2 - 1), min(self.width // 2, (x1 + 1) // 2 + 1)
-        sub = plane[top:int(r1[-1]) + 1, left:right].astype(np.float32)
-        rows = sub[r0 - top]
-        rows += (sub[r1 - top] - rows) * rf[:, None]
+        sub = cv2.merge([u[k0:k1, left:right], v[k0:k1, left:right]]).astype(np.float32)
+        tall = np.empty((2 * (k1 - k0), right - left, 2), np.float32)
+        tall[1::2] = sub  # luma row 2k + 1
+        tall[2::2] = sub[:-1] + sub[1:]
+        tall[2::2] *= np.float32(0.5)
+        lo = 2 * k0  # the luma row tall[0] stands for
+        if k0 == 0:
+            tall[0] = sub[0]  # the first row: chroma row 0 (the edge is clamped)
+        else:
+            prev = np.stack([u[k0 - 1, left:right], v[k0 - 1, left:right]], axis=-1).astype(np.float32)
+            tall[0] = (prev + sub[0]) * np.float32(0.5)
+        if y1 == self.height:  # swscale's last row repeats the one before
+            tall[self.height - 1 - lo] = tall[self.height - 2 - lo]
+        rows = tall[y0 - lo:y1 - lo]
         wide = cv2.resize(rows, (2 * (right - left), len(rows)), interpolation=cv2.INTER_LINEAR)
         return wide[:, x0 - 2 * left:x1 - 2 * left]
 
     def region_bgr_float(self, frame: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """BGR of frame[y0:y1, x0:x1] as (h, w, 3) float32, not yet rounded or clipped."""
-        y, u, v = planes(frame)
-        yuv = cv2.merge([y[y0:y1, x0:x1].astype(np.float32), self._chroma_up(u, y0, y1, x0, x1),
-                         self._chroma_up(v, y0, y1, x0, x1)])
+        y = planes(frame)[0]
+        yuv = cv2.merge([y[y0:y1, x0:x1].astype(np.float32), self._chroma_up(frame, y0, y1, x0, x1)])
         return cv2.transform(yuv, self._to_bgr)
 
     def region_bgr(self, frame: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -179,16 +191,18 @@ class Yuv420:
         ywin = y[wy0:wy1, wx0:wx1]
         lum = cv2.transform(new, self._to_y)  # rounded and saturated
         np.copyto(ywin, lum.reshape(ywin.shape), where=changed)
-        # chroma: horizontal pairs averaged, rows 2k-1, 2k, 2k+1, 2k+2 (clamped) weighted 1, 3, 3, 1
+        # chroma: horizontal pairs averaged, rows 2k-1, 2k, 2k+1, 2k+2 (clamped) weighted 1, 3, 3, 1; both are
+        # linear, so they run on BGR before the matrix, which then converts a quarter of the pixels
         rows = np.clip(np.arange(2 * ky0 - 1, 2 * ky1 + 1), 0, h - 1) - wy0
-        chroma = cv2.transform(new[rows].astype(np.float32), self._to_c)  # (rows, w, 2)
-        pairs = chroma[:, 0::2] + chroma[:, 1::2]
+        picked = new[rows].astype(np.float32)
+        pairs = cv2.resize(picked, (picked.shape[1] // 2, len(rows)), interpolation=cv2.INTER_AREA)
         filt = pairs[0:-3:2] + pairs[3::2]
-        filt += 3.0 * (pairs[1:-2:2] + pairs[2:-1:2])
-        filt *= np.float32(1.0 / 16.0)
+        filt += np.float32(3.0) * (pairs[1:-2:2] + pairs[2:-1:2])
+        filt *= np.float32(0.125)
+        chroma = cv2.transform(filt, self._to_c)
         moved = changed[rows]
         moved = moved[:, 0::2] | moved[:, 1::2]
         hit = moved[0:-3:2] | moved[1:-2:2] | moved[2:-1:2] | moved[3::2]
-        c = cv2.convertScaleAbs(cv2.max(filt, 0.0))
+        c = cv2.convertScaleAbs(cv2.max(chroma, 0.0))
         np.copyto(u[ky0:ky1, kx0:kx1], c[..., 0], where=hit)
         np.copyto(v[ky0:ky1, kx0:kx1], c[..., 1], where=hit)
