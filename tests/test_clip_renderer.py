@@ -7,8 +7,8 @@ import pytest
 from lipsync_core import audio as A
 from lipsync_core import media
 from lipsync_core.composite import Compositor
-from lipsync_core.model import load_model
 from lipsync_core.media.encoder import codec_of
+from lipsync_core.model import load_model
 from lipsync_core.sync import ClipRenderer, SyncOptions, _crop96, frame_format_for
 from tools import sample_media
 from tools.random_weights import reference_predict, shared_checkpoint
