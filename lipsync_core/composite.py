@@ -93,8 +93,8 @@ class Compositor:
 
         `frame`: (H, W, 3) uint8 BGR, or with `colour` (a colour.YuvColour) a (3, H, W) uint16 Y'CbCr frame
         (the faithful path: the mouth is converted to the source's matrix and blended at 16 bits), or with a
-        yuv420.Yuv420 an 8-bit 4:2:0 frame (blended in BGR as the BGR path does, and converted back in the
-        region only).
+        yuv420.Yuv420 an 8-bit 4:2:0 frame (blended in its own samples as the BGR path's blend and the encoder's
+        conversion would, in the region only).
         Modifies and returns `frame`. A box reaching past the frame is clipped (the face is resized to the
         full box first, so the visible part lines up).
         """
@@ -113,10 +113,7 @@ class Compositor:
             wa = np.ascontiguousarray(a[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
             wb = np.ascontiguousarray(inv[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
         if isinstance(colour, Yuv420):
-            if wa is None:
-                colour.paste_bgr(frame, (fy0, fy1, fx0, fx1), lambda roi: src)
-            else:
-                colour.paste_bgr(frame, (fy0, fy1, fx0, fx1), lambda roi: cv2.blendLinear(src, roi, wa, wb))
+            colour.blend(frame, (fy0, fy1, fx0, fx1), src, wa)
             return frame
         if colour is not None:
             roi = frame[:, fy0:fy1, fx0:fx1]

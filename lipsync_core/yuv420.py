@@ -11,6 +11,9 @@ within one level (tests/test_yuv420.py compares them with ffmpeg's own on BT.601
     x/2 - 1/4, vertically at luma row y from y/2 - 1/2 (the last row repeats the one before), edges clamped;
   - down (bgr24 -> yuv420p): chroma of each horizontal pair averaged, then rows filtered (1, 3, 3, 1)/8 around
     each chroma row, edges repeated; luma per pixel.
+Both are linear, so the mouth is blended in Y'CbCr (no BGR of the source is made for it) and lands where the BGR
+path's blend and encode would; only where the source holds colours outside the RGB cube, which that path clips,
+are they kept here.
 Matrix and range are the source's tags; untagged sources are read as BT.601 (what swscale does at any size).
 """
 
@@ -166,43 +169,43 @@ class Yuv420:
 
     # ------------------------------------------------------------------------------------------- write back
 
-    def paste_bgr(self, frame: np.ndarray, region, blend) -> None:
-        """Rewrite frame[y0:y1, x0:x1] (region) through BGR: `blend(bgr)` gets that region's BGR uint8 (as the
-        decoder shows it) and returns the new BGR uint8. Luma changes where the BGR pixel changed; a chroma
-        sample is recomputed from the new BGR (as the encoder would) where any pixel it filters changed; every
-        other sample stays as decoded."""
+    def blend(self, frame: np.ndarray, region, src: np.ndarray, alpha: np.ndarray | None = None) -> None:
+        """Blend `src` (BGR uint8 of region = (y0, y1, x0, x1)) into the frame with weights `alpha` ((h, w)
+        float32 in [0, 1]; None: replace), as the BGR path's blend followed by the encoder's conversion would,
+        in the region's own samples only.
+
+        Both conversions are linear, so the blend runs on Y'CbCr: luma per pixel from the source's own luma, chroma
+        blended at full size with the source's chroma as the decoder interpolates it, then filtered down as the
+        encoder does (horizontal pairs averaged, rows 2k-1, 2k, 2k+1, 2k+2 weighted 1, 3, 3, 1). Samples outside
+        the region and the chroma samples whose filter does not reach it stay as decoded."""
         fy0, fy1, fx0, fx1 = region
         h = self.height
-        # chroma samples whose filter reads the region: columns by pairs, rows by the 4-row filter
+        y, u, v = planes(frame)
+        face = src.astype(np.float32)
+        lum = cv2.transform(face, self._to_y)
+        roi = y[fy0:fy1, fx0:fx1]
+        if alpha is not None:
+            lum = lum * alpha + roi * (np.float32(1.0) - alpha)
+        roi[...] = cv2.convertScaleAbs(cv2.max(lum, 0.0))
+        # chroma samples whose filter reads the region: columns by pairs, rows by the 4-row filter, and the luma
+        # window those samples read (rows 2k-1 .. 2k+2), inside the frame
         ky0, ky1 = max(0, (fy0 - 1) // 2), min(h // 2, fy1 // 2 + 1)
         kx0, kx1 = fx0 // 2, (fx1 + 1) // 2
-        # the luma window those samples read (rows 2k-1 .. 2k+2), inside the frame
         wy0, wy1 = max(0, 2 * ky0 - 1), min(h, 2 * ky1 + 1)
         wx0, wx1 = 2 * kx0, 2 * kx1
-        old = self.region_bgr(frame, wy0, wy1, wx0, wx1)
-        new = old.copy()
+        chroma = self._chroma_up(frame, wy0, wy1, wx0, wx1)  # (rows, cols, 2): what the decoder shows
         ry0, ry1, rx0, rx1 = fy0 - wy0, fy1 - wy0, fx0 - wx0, fx1 - wx0
-        new[ry0:ry1, rx0:rx1] = blend(np.ascontiguousarray(old[ry0:ry1, rx0:rx1]))
-        # a pixel changed where any of its channels did (summed in OpenCV's loop, saturating: 0 only if all are)
-        changed = cv2.transform(cv2.absdiff(new, old), np.ones((1, 3), np.float32)) > 0
-        if not changed.any():
-            return
-        y, u, v = planes(frame)
-        ywin = y[wy0:wy1, wx0:wx1]
-        lum = cv2.transform(new, self._to_y)  # rounded and saturated
-        np.copyto(ywin, lum.reshape(ywin.shape), where=changed)
-        # chroma: horizontal pairs averaged, rows 2k-1, 2k, 2k+1, 2k+2 (clamped) weighted 1, 3, 3, 1; both are
-        # linear, so they run on BGR before the matrix, which then converts a quarter of the pixels
+        new = cv2.transform(face, self._to_c)
+        if alpha is not None:
+            a = alpha[..., None]
+            new = new * a + chroma[ry0:ry1, rx0:rx1] * (np.float32(1.0) - a)
+        chroma[ry0:ry1, rx0:rx1] = new
         rows = np.clip(np.arange(2 * ky0 - 1, 2 * ky1 + 1), 0, h - 1) - wy0
-        picked = new[rows].astype(np.float32)
+        picked = chroma[rows]
         pairs = cv2.resize(picked, (picked.shape[1] // 2, len(rows)), interpolation=cv2.INTER_AREA)
         filt = pairs[0:-3:2] + pairs[3::2]
         filt += np.float32(3.0) * (pairs[1:-2:2] + pairs[2:-1:2])
         filt *= np.float32(0.125)
-        chroma = cv2.transform(filt, self._to_c)
-        moved = changed[rows]
-        moved = moved[:, 0::2] | moved[:, 1::2]
-        hit = moved[0:-3:2] | moved[1:-2:2] | moved[2:-1:2] | moved[3::2]
-        c = cv2.convertScaleAbs(cv2.max(chroma, 0.0))
-        np.copyto(u[ky0:ky1, kx0:kx1], c[..., 0], where=hit)
-        np.copyto(v[ky0:ky1, kx0:kx1], c[..., 1], where=hit)
+        c = cv2.convertScaleAbs(cv2.max(filt, 0.0))
+        u[ky0:ky1, kx0:kx1] = c[..., 0]
+        v[ky0:ky1, kx0:kx1] = c[..., 1]
