@@ -113,7 +113,7 @@ class Compositor:
             wa = np.ascontiguousarray(a[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
             wb = np.ascontiguousarray(inv[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
         if isinstance(colour, Yuv420):
-            colour.blend(frame, (fy0, fy1, fx0, fx1), src, wa)
+            colour.blend(frame, (fy0, fy1, fx0, fx1), src, wa, None if wa is None else wb)
             return frame
         if colour is not None:
             roi = frame[:, fy0:fy1, fx0:fx1]

@@ -169,10 +169,11 @@ class Yuv420:
 
     # ------------------------------------------------------------------------------------------- write back
 
-    def blend(self, frame: np.ndarray, region, src: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    def blend(self, frame: np.ndarray, region, src: np.ndarray, alpha: np.ndarray | None = None,
+              inverse: np.ndarray | None = None) -> None:
         """Blend `src` (BGR uint8 of region = (y0, y1, x0, x1)) into the frame with weights `alpha` ((h, w)
-        float32 in [0, 1]; None: replace), as the BGR path's blend followed by the encoder's conversion would,
-        in the region's own samples only.
+        float32 in [0, 1]; None: replace) and `inverse` (1 - alpha), as the BGR path's blend followed by the
+        encoder's conversion would, in the region's own samples only.
 
         Both conversions are linear, so the blend runs on Y'CbCr: luma per pixel from the source's own luma, chroma
         blended at full size with the source's chroma as the decoder interpolates it, then filtered down as the
@@ -185,7 +186,8 @@ class Yuv420:
         lum = cv2.transform(face, self._to_y)
         roi = y[fy0:fy1, fx0:fx1]
         if alpha is not None:
-            lum = lum * alpha + roi * (np.float32(1.0) - alpha)
+            inverse = np.float32(1.0) - alpha if inverse is None else inverse
+            lum = cv2.blendLinear(lum, roi.astype(np.float32), alpha, inverse)
         roi[...] = cv2.convertScaleAbs(cv2.max(lum, 0.0))
         # chroma samples whose filter reads the region: columns by pairs, rows by the 4-row filter, and the luma
         # window those samples read (rows 2k-1 .. 2k+2), inside the frame
@@ -197,8 +199,7 @@ class Yuv420:
         ry0, ry1, rx0, rx1 = fy0 - wy0, fy1 - wy0, fx0 - wx0, fx1 - wx0
         new = cv2.transform(face, self._to_c)
         if alpha is not None:
-            a = alpha[..., None]
-            new = new * a + chroma[ry0:ry1, rx0:rx1] * (np.float32(1.0) - a)
+            new = cv2.blendLinear(new, np.ascontiguousarray(chroma[ry0:ry1, rx0:rx1]), alpha, inverse)
         chroma[ry0:ry1, rx0:rx1] = new
         rows = np.clip(np.arange(2 * ky0 - 1, 2 * ky1 + 1), 0, h - 1) - wy0
         picked = chroma[rows]
