@@ -158,10 +158,12 @@ class Yuv420:
             chans.append((top * (1 - rf[:, None]) + bottom * rf[:, None]).astype(np.float32))
         bgr = cv2.transform(cv2.merge(chans), self._to_bgr)
         bgr = cv2.convertScaleAbs(cv2.max(bgr, 0.0)).astype(np.float32)  # the decoder's uint8 pixels
-        g = bgr.reshape(2, size, 2, size, 3)
-        wy, wx = fy[:, :, None, None, None], fx[None, None, :, :, None]  # (2, size) weights of each tap
-        out = (g * wy * wx).sum(axis=(0, 2))
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        g = bgr.reshape(2, size, 2, size, 3)  # [row tap, y, column tap, x]
+        wx = [np.ascontiguousarray(np.broadcast_to(fx[j], (size, size))) for j in (0, 1)]
+        wy = [np.ascontiguousarray(np.broadcast_to(fy[i][:, None], (size, size))) for i in (0, 1)]
+        top, bottom = (cv2.blendLinear(np.ascontiguousarray(g[i, :, 0]), np.ascontiguousarray(g[i, :, 1]), *wx)
+                       for i in (0, 1))
+        return cv2.convertScaleAbs(cv2.blendLinear(top, bottom, *wy))
 
     def to_bgr(self, frame: np.ndarray) -> np.ndarray:
         """The whole frame as BGR uint8 (H, W, 3)."""
