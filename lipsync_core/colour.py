@@ -17,11 +17,16 @@ _KR_KB = {"bt709": (0.2126, 0.0722), "bt2020nc": (0.2627, 0.0593), "bt2020c": (0
 _BT601 = (0.299, 0.114)
 
 
+def matrix_coefficients(color_space: str | None) -> tuple[float, float]:
+    """(Kr, Kb) of a source's matrix tag; untagged and BT.601 tags: BT.601 (as swscale reads untagged sources)."""
+    return _KR_KB.get(color_space or "", _BT601)
+
+
 class YuvColour:
     """The conversion of one source: `color_space` (VideoInfo.color_space) and `color_range` ("pc": full)."""
 
     def __init__(self, color_space: str | None = None, color_range: str | None = None):
-        kr, kb = _KR_KB.get(color_space or "", _BT601)
+        kr, kb = matrix_coefficients(color_space)
         kg = 1.0 - kr - kb
         # rows: Y', Pb, Pr from B, G, R in [0, 1]
         m = np.array([[kb, kg, kr],
@@ -36,6 +41,11 @@ class YuvColour:
         self._to_yuv = (m * scale[:, None] / 255.0).astype(np.float32)  # from BGR 0..255
         self._offset = offset.astype(np.float32)
         self._to_bgr = np.linalg.inv(m * scale[:, None] / 255.0).astype(np.float32)
+
+    @staticmethod
+    def frame_hw(frame: np.ndarray) -> tuple[int, int]:
+        """(height, width) of a (3, H, W) frame."""
+        return frame.shape[1], frame.shape[2]
 
     def to_bgr8(self, planes: np.ndarray) -> np.ndarray:
         """(3, h, w) uint16 Y'CbCr -> (h, w, 3) uint8 BGR (rounded, clipped)."""

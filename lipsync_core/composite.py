@@ -8,8 +8,12 @@ box stay bit-identical, and no edge shows.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
+
+from .yuv420 import Yuv420
 
 MODES = ("feather", "box")
 
@@ -38,6 +42,7 @@ class Compositor:
         self.interpolation = interpolation
         self._cache: dict[tuple[int, int], tuple] = {}
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     # Rows above floor(source position) that each interpolation reads (linear: none, cubic: 1, Lanczos-4: 3);
     # nearest rounds differently for small boxes, so it gets 2. The test tries every box height up to 400.
@@ -77,20 +82,23 @@ class Compositor:
             y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         a = np.ascontiguousarray(alpha[y0:y1, x0:x1])
         entry = (alpha, a, np.ascontiguousarray(1.0 - a), (y0, y1, x0, x1))
-        if len(self._cache) >= self._cache_size:
-            self._cache.pop(next(iter(self._cache)))  # oldest first
-        self._cache[key] = entry
+        with self._lock:  # frames are pasted from several threads
+            if len(self._cache) >= self._cache_size:
+                self._cache.pop(next(iter(self._cache)), None)  # oldest first
+            self._cache[key] = entry
         return entry
 
     def paste(self, frame: np.ndarray, face96: np.ndarray, box, colour=None) -> np.ndarray:
         """Blend `face96` (the model's BGR uint8 output for crop `box` = (x1, y1, x2, y2)) into `frame`.
 
         `frame`: (H, W, 3) uint8 BGR, or with `colour` (a colour.YuvColour) a (3, H, W) uint16 Y'CbCr frame
-        (the faithful path: the mouth is converted to the source's matrix and blended at 16 bits).
+        (the faithful path: the mouth is converted to the source's matrix and blended at 16 bits), or with a
+        yuv420.Yuv420 an 8-bit 4:2:0 frame (blended in its own samples as the BGR path's blend and the encoder's
+        conversion would, in the region only).
         Modifies and returns `frame`. A box reaching past the frame is clipped (the face is resized to the
         full box first, so the visible part lines up).
         """
-        place = self.region(frame.shape[1:] if colour is not None else frame.shape[:2], box)
+        place = self.region(colour.frame_hw(frame) if colour is not None else frame.shape[:2], box)
         if place is None:
             return frame
         (fy0, fy1, fx0, fx1), (by0, by1, bx0, bx1), (bw, bh) = place
@@ -104,6 +112,9 @@ class Compositor:
             _, a, inv, (my0, _, mx0, _) = self._weights(bw, bh)
             wa = np.ascontiguousarray(a[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
             wb = np.ascontiguousarray(inv[by0 - my0:by1 - my0, bx0 - mx0:bx1 - mx0])
+        if isinstance(colour, Yuv420):
+            colour.blend(frame, (fy0, fy1, fx0, fx1), src, wa, None if wa is None else wb)
+            return frame
         if colour is not None:
             roi = frame[:, fy0:fy1, fx0:fx1]
             new = colour.from_bgr(src)

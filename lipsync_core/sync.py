@@ -10,6 +10,7 @@ batch size, not by the clip's length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from . import audio as A
 from .errors import LipsyncError
 from .progress import CancelToken, Progress
 from .segments import Segment, all_face, parse_ranges, segments_from_presence, segments_to_dict
+from .yuv420 import Yuv420
 
 IMG = 96  # the generator's face size
 
@@ -312,6 +314,11 @@ class ClipRenderer:
         from .device import FP32
         from .precision import judge
 
+        if isinstance(colour, Yuv420):  # judged in BGR, as the decoder shows the frames (the BGR path's measure)
+            from .precision import MEASURE_FRAMES
+
+            items = [(k, colour.to_bgr(f), b) for k, f, b in items[:MEASURE_FRAMES]]
+            encode, colour = functools.partial(encode, frame_format_="bgr24"), None
         frames = [f for _, f, _ in items]
         boxes = [b for _, _, b in items]
         encoded = []  # the encoder's round trip of the fp32 frames: the same for every candidate
@@ -337,24 +344,20 @@ class ClipRenderer:
 
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
-        from .colour import YuvColour
         from .media import VideoEncoder, encoded_size
         from .media.encoder import codec_of, output_pix_fmt
 
         codec = codec_of(self.opts.codec)
-        # ProRes / FFV1: frames cross as the source's own Y'CbCr at 16 bits, so the pixels outside the mouth keep
-        # their samples and bit depth; H.264 (8-bit 4:2:0) takes BGR as before
-        frame_format = "yuv444p16le" if codec.faithful else "bgr24"
-        colour = YuvColour(info.color_space, info.color_range) if codec.faithful else None
+        frame_format, colour = frame_format_for(codec, info, self.opts.exact_size)
         enc_opts = {"crf": self.opts.crf, "preset": self.opts.preset, "color_space": info.color_space,
                     "codec": codec.name, "frame_format": frame_format, "source_pix_fmt": info.pix_fmt,
                     "color_range": info.color_range, "exact_size": self.opts.exact_size}
         encoding = codec.label + (f" crf {self.opts.crf}" if codec.name == "h264" else "")
 
-        def encode_roundtrip(frames_):
+        def encode_roundtrip(frames_, frame_format_=frame_format):
             from .media import encode_roundtrip as roundtrip
 
-            return roundtrip(frames_, info.fps_rational, **enc_opts)
+            return roundtrip(frames_, info.fps_rational, **dict(enc_opts, frame_format=frame_format_))
 
         cancel = cancel or CancelToken()
         clock = clock or StageClock()
@@ -362,6 +365,8 @@ class ClipRenderer:
         progress = self.progress
         progress.start("sync", n)
         pool = ThreadPoolExecutor(max_workers=1)  # generator runs while the main thread decodes/blends
+        # crops and pastes of a batch's frames, side by side (a converting 4:2:0 paste weighs more than a BGR one)
+        workers = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
         pending = None  # (future, [(frame, box) ...]) of the batch being generated
         buf: list = []  # [(k, frame, box|None)] waiting for the next batch, in output order
         n_face = batch_faces = 0
@@ -375,11 +380,10 @@ class ClipRenderer:
             t0 = time.perf_counter()
             faces = fut.result()
             t0 = clock.add("wait", t0)  # main thread idle: the generator is the bottleneck
-            fi = 0
-            for _, frame, box in items:
-                if box is not None:
-                    self.compositor.paste(frame, faces[fi], box, colour)
-                    fi += 1
+            pasted = [(frame, box) for _, frame, box in items if box is not None]
+            # frames are pasted in parallel (OpenCV and numpy release the GIL); each thread writes its own frame
+            if pasted:
+                list(workers.map(lambda fb, face: self.compositor.paste(fb[0], face, fb[1], colour), pasted, faces))
             t0 = clock.add("blend", t0)
             for _, frame, _ in items:
                 enc.write(frame)
@@ -395,8 +399,11 @@ class ClipRenderer:
             face_items = [(k, f, b) for k, f, b in items if b is not None]
             if face_items:
                 crops = np.empty((len(face_items), IMG, IMG, 3), np.uint8)
-                for i, (_, f, b) in enumerate(face_items):
-                    crops[i] = _crop96(f, b, colour)
+
+                def crop(i):
+                    crops[i] = _crop96(face_items[i][1], face_items[i][2], colour)
+
+                list(workers.map(crop, range(len(face_items))))
                 mels = A.mel_chunk_at(mel, np.array([k for k, _, _ in face_items]), info.fps)
                 clock.add("crop", t0)
                 judge_with = ((face_items, encode_roundtrip, colour, encoding)
@@ -428,6 +435,7 @@ class ClipRenderer:
             clock.add("encode", t0)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            workers.shutdown(wait=True, cancel_futures=True)
             progress.finish("sync")
         # 4:2:0 holds only even sizes (4:2:2 even widths): an odd source gets one extra column / row at the right /
         # bottom edge (unless exact_size chose full chroma). The picture starts at the file's pixel (0, 0); an
@@ -457,12 +465,33 @@ def _frames_in_order(video, info, frames: np.ndarray, contiguous: bool, clock: S
                 t0 = time.perf_counter()
 
 
+def frame_format_for(codec, info, exact_size: bool = False):
+    """How frames cross the pipes for this result, and the conversion the face pipeline uses on them:
+    - ProRes / FFV1: the source's own Y'CbCr at 16 bits ("yuv444p16le", colour.YuvColour), so the pixels outside
+      the mouth keep their samples and bit depth;
+    - H.264 of an 8-bit 4:2:0 source of even size: its own planes ("yuv420p", yuv420.Yuv420): half the bytes of
+      BGR, no conversion outside the face crop and the mouth, every other sample passes through;
+    - otherwise (10-bit or 4:2:2 sources, odd sizes, full-chroma results): BGR ("bgr24", None)."""
+    from .colour import YuvColour
+    from .media.encoder import output_pix_fmt
+
+    if codec.faithful:
+        return "yuv444p16le", YuvColour(info.color_space, info.color_range)
+    keep = (info.width, info.height) if exact_size else None
+    if (info.pix_fmt == "yuv420p" and not info.width % 2 and not info.height % 2
+            and output_pix_fmt(codec.name, info.pix_fmt, keep) == "yuv420p"):
+        return "yuv420p", Yuv420(info.width, info.height, info.color_space, info.color_range)
+    return "bgr24", None
+
+
 def _crop96(frame: np.ndarray, box, colour=None) -> np.ndarray:
     """The generator's 96x96 BGR uint8 input; a (3, H, W) Y'CbCr frame (with its colour.YuvColour) is
-    converted in the box only."""
+    converted in the box only, a 4:2:0 frame (with its yuv420.Yuv420) only where the resize reads."""
     import cv2
 
     x1, y1, x2, y2 = box
+    if isinstance(colour, Yuv420):
+        return colour.resized_bgr(frame, box, IMG)
     if colour is not None:
         return cv2.resize(colour.to_bgr8(frame[:, y1:y2, x1:x2]), (IMG, IMG))
     return cv2.resize(frame[y1:y2, x1:x2], (IMG, IMG))

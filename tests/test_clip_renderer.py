@@ -7,8 +7,9 @@ import pytest
 from lipsync_core import audio as A
 from lipsync_core import media
 from lipsync_core.composite import Compositor
+from lipsync_core.media.encoder import codec_of
 from lipsync_core.model import load_model
-from lipsync_core.sync import ClipRenderer, SyncOptions, _crop96
+from lipsync_core.sync import ClipRenderer, SyncOptions, _crop96, frame_format_for
 from tools import sample_media
 from tools.random_weights import reference_predict, shared_checkpoint
 
@@ -44,15 +45,18 @@ def setup(tmp_path_factory):
 def plain(clip, info, order, boxes, mel, ckpt):
     """Frame by frame, with the plain network computing the whole face as the reference does."""
     net = load_model(ckpt)
-    frames = list(media.FrameReader(str(clip)))
+    # the frames as the renderer gets them (an H.264 result of this 8-bit 4:2:0 clip: yuv420p planes)
+    fmt, colour = frame_format_for(codec_of("h264"), info)
+    frames = list(media.FrameReader(str(clip), pix_fmt=fmt))
     comp = Compositor("feather")
     out = []
     for k, src in enumerate(order):
         f = frames[src].copy()
         if boxes[k][0] >= 0:
             box = tuple(int(v) for v in boxes[k])
-            face = reference_predict(net, A.mel_chunk_at(mel, np.array([k]), info.fps), _crop96(f, box)[None])
-            comp.paste(f, face[0], box)
+            crop = _crop96(f, box, colour)[None]
+            face = reference_predict(net, A.mel_chunk_at(mel, np.array([k]), info.fps), crop)
+            comp.paste(f, face[0], box, colour)
         out.append(f)
     return np.stack(out)
 

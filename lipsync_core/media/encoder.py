@@ -49,7 +49,9 @@ CODECS = {
     "ffv1": Codec("ffv1", "FFV1 (lossless)", (".mkv",),
                   ("ffv1", "-level", "3", "-g", "1", "-slices", "4", "-slicecrc", "1"), ("flac",), True, True),
 }
-FRAME_FORMATS = ("bgr24", "yuv444p16le")  # what write() takes: BGR uint8 (H, W, 3) or planes (3, H, W) uint16
+# what write() takes: BGR uint8 (H, W, 3), planes (3, H, W) uint16, or 8-bit 4:2:0 planes one after another
+# ((H * 3 / 2, W) uint8, even sizes; for a yuv420p result nothing converts them: they are encoded as they come)
+FRAME_FORMATS = ("bgr24", "yuv444p16le", "yuv420p")
 
 
 def codec_of(name: str) -> Codec:
@@ -126,8 +128,10 @@ class VideoEncoder:
     to exactly frames/fps seconds; without `audio_path` a silent track, so every clip has the same streams
     and editors treat them alike. Audio is 48 kHz, mono or stereo like the source, in the codec's audio format.
 
-    `frame_format`: "bgr24" (write() takes (H, W, 3) uint8 BGR) or "yuv444p16le" ((3, H, W) uint16 planes of
-    the source's Y'CbCr, as FrameReader(pix_fmt="yuv444p16le") gives them; the faithful codecs). The file's
+    `frame_format`: "bgr24" (write() takes (H, W, 3) uint8 BGR), "yuv444p16le" ((3, H, W) uint16 planes of
+    the source's Y'CbCr, as FrameReader(pix_fmt="yuv444p16le") gives them; the faithful codecs) or "yuv420p"
+    (8-bit 4:2:0 planes, (H * 3 / 2, W) uint8, as FrameReader(pix_fmt="yuv420p") gives them; H.264 results of
+    8-bit 4:2:0 sources). The file's
     pixel format is output_pix_fmt(codec, source_pix_fmt); `color_range` tags it ("tv"/"pc", the source's).
 
     ffmpeg writes to a hidden `.NAME.partial.EXT` beside `out_path`, renamed on a successful close();
@@ -174,6 +178,10 @@ class VideoEncoder:
         self.out_width, self.out_height = encoded_size(self.width, self.height, self.pix_fmt)
         if frame_format == "bgr24":
             self._frame_shape, self._frame_dtype = (self.height, self.width, 3), np.dtype(np.uint8)
+        elif frame_format == "yuv420p":
+            if self.width % 2 or self.height % 2:
+                raise ValueError(f"yuv420p frames need an even size, not {self.width}x{self.height}")
+            self._frame_shape, self._frame_dtype = (self.height * 3 // 2, self.width), np.dtype(np.uint8)
         else:
             self._frame_shape, self._frame_dtype = (3, self.height, self.width), np.dtype("<u2")
         self.audio_path = str(audio_path) if audio_path is not None else None
@@ -222,6 +230,8 @@ class VideoEncoder:
         if self.frame_format == "bgr24":
             matrix = SWS_MATRIX.get(color_space or "")
             chain.append(f"scale=flags={SWS_FLAGS}" + (f":out_color_matrix={matrix}" if matrix else ""))
+        elif self.frame_format == "yuv420p":  # the source's own samples: no conversion when the file is yuv420p
+            chain.append(f"scale=flags={SWS_FLAGS}")
         else:  # already the source's Y'CbCr: only subsample chroma back and narrow the samples (exact)
             chain.append(f"scale=flags={YUV_SWS_FLAGS}")
         chain.append(f"format={self.pix_fmt}")
@@ -418,6 +428,8 @@ def encode_roundtrip(frames: list[np.ndarray], fps_rational: str, **encoder_opti
     frame_format = encoder_options.get("frame_format", "bgr24")
     if frame_format == "bgr24":
         h, w = frames[0].shape[:2]
+    elif frame_format == "yuv420p":
+        h, w = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
     else:
         h, w = frames[0].shape[1:]
     codec = codec_of(encoder_options.get("codec", "h264"))
@@ -428,6 +440,6 @@ def encode_roundtrip(frames: list[np.ndarray], fps_rational: str, **encoder_opti
                 enc.write(f)
         with FrameReader(path, pix_fmt=frame_format, prefetch=0) as reader:
             out = list(reader)
-    if frame_format == "bgr24":
+    if frame_format in ("bgr24", "yuv420p"):  # (yuv420p sizes are even: nothing was padded)
         return [f[:h, :w] for f in out]
     return [f[:, :h, :w] for f in out]

@@ -23,7 +23,9 @@ from .probe import VideoInfo, probe
 
 # what a frame is, per pixel format asked of ffmpeg: shape from (height, width), dtype
 FRAME_FORMATS = {"bgr24": (lambda h, w: (h, w, 3), np.uint8),
-                 "yuv444p16le": (lambda h, w: (3, h, w), np.dtype("<u2"))}
+                 "yuv444p16le": (lambda h, w: (3, h, w), np.dtype("<u2")),
+                 # the planes one after another (I420): Y (h, w), then Cb and Cr (h/2, w/2); even sizes only
+                 "yuv420p": (lambda h, w: (h * 3 // 2, w), np.uint8)}
 
 
 def _read_exact(stdout, shape: tuple[int, int, int], dtype=np.uint8) -> np.ndarray | None:
@@ -149,6 +151,8 @@ class FrameReader:
             raise ValueError(f"bad frame size {size}")
         if pix_fmt not in FRAME_FORMATS:
             raise ValueError(f"pix_fmt must be one of {sorted(FRAME_FORMATS)}, not {pix_fmt!r}")
+        if pix_fmt == "yuv420p" and (self.width % 2 or self.height % 2):
+            raise ValueError(f"yuv420p frames need an even size, not {self.width}x{self.height}")
         self.pix_fmt = pix_fmt
         self.frames_read = 0
         # the decoded frames [first, last] these slots show, and how many slots each one fills
@@ -188,7 +192,7 @@ class FrameReader:
         cmd += ["-i", self.path, "-map", "0:V:0", "-an", "-sn", "-dn"]
         if (self.width, self.height) != (self.info.width, self.info.height):
             filters.append(f"scale={self.width}:{self.height}:flags=bilinear")
-        flags = SWS_FLAGS if self.pix_fmt == "bgr24" else YUV_SWS_FLAGS
+        flags = YUV_SWS_FLAGS if self.pix_fmt == "yuv444p16le" else SWS_FLAGS
         if filters:
             filters.append(f"format={self.pix_fmt}")  # scale and convert in one swscale pass
             cmd += ["-vf", ",".join(filters)]
