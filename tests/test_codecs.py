@@ -169,3 +169,23 @@ def test_faithful_frames_repeat_chroma_exactly(media):
     assert not np.any(planes & 0xFF)  # 8-bit samples << 8
     u = planes[1]
     assert np.array_equal(u[0::2, 0::2], u[1::2, 1::2]) and np.array_equal(u[0::2, 0::2], u[0::2, 1::2])
+
+
+def test_a_full_range_h264_source_keeps_its_levels(media, tmp_path):
+    """A full-range source (yuvj420p, as phones write) crosses as BGR; its result is tagged full range and must
+    hold full-range samples: black stays 0 and white 255, not the washed-out 16 / 235 of limited samples."""
+    frames = sample_media.astronaut_frames(N).copy()
+    frames[:, :40, :60] = 0
+    frames[:, :40, 60:120] = 255
+    h, w = frames.shape[1:3]
+    src = tmp_path / "full.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", "25",
+                    "-i", "-", "-vf", "scale=out_range=full", "-c:v", "libx264", "-crf", "0", "-pix_fmt", "yuvj420p",
+                    "-color_range", "pc", str(src)], input=frames.tobytes(), check=True)
+    assert probe(src).color_range == "pc"
+    out = tmp_path / "synced.mp4"
+    sync(str(src), str(media["speech"]), str(out), str(media["ckpt"]),
+         SyncOptions(segments="all", box=BOX, crf=0, cache=False))
+    assert probe(out).color_range == "pc"
+    got = next(iter(FrameReader(out)))
+    assert got[5:35, 5:55].max() <= 2 and got[5:35, 65:115].min() >= 253

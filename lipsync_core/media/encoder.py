@@ -209,7 +209,8 @@ class VideoEncoder:
         c_args = list(self.codec.video_args)
         if self.codec.name == "h264":
             c_args += ["-preset", preset, "-crf", str(crf)]
-        cmd += ["-vf", ",".join(self._video_filters(color_space)), *self._color_tags(color_space, color_range),
+        cmd += ["-vf", ",".join(self._video_filters(color_space, color_range)),
+                *self._color_tags(color_space, color_range),
                 "-c:v", *c_args, "-pix_fmt", self.pix_fmt,
                 *ff.passthrough_args(cmd[0]), *self._mux_args(final=self._one_pass), str(target)]
         self._proc, self._stderr = ff.start_streaming(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -221,7 +222,7 @@ class VideoEncoder:
 
     # -- video
 
-    def _video_filters(self, color_space: str | None) -> list[str]:
+    def _video_filters(self, color_space: str | None, color_range: str | None = None) -> list[str]:
         chain = []
         if (self.out_width, self.out_height) != (self.width, self.height):
             dw, dh = self.out_width - self.width, self.out_height - self.height
@@ -229,7 +230,9 @@ class VideoEncoder:
                       f"fillborders=right={dw}:bottom={dh}:mode=smear"]
         if self.frame_format == "bgr24":
             matrix = SWS_MATRIX.get(color_space or "")
-            chain.append(f"scale=flags={SWS_FLAGS}" + (f":out_color_matrix={matrix}" if matrix else ""))
+            # a full-range source gets full-range samples back (the tag alone would show limited ones washed out)
+            chain.append(f"scale=flags={SWS_FLAGS}" + (f":out_color_matrix={matrix}" if matrix else "")
+                         + (":out_range=full" if color_range == "pc" else ""))
         elif self.frame_format == "yuv420p":  # the source's own samples: no conversion when the file is yuv420p
             chain.append(f"scale=flags={SWS_FLAGS}")
         else:  # already the source's Y'CbCr: only subsample chroma back and narrow the samples (exact)
