@@ -126,6 +126,9 @@ BAD = [
     ("same id", lambda d: d["jobs"][1].update(id="whole_a"), ['job "whole_a"', "id"]),
     ("same output", lambda d: d["jobs"][1].update(output=d["jobs"][0]["output"]), ['job "whole_b"', "whole_a"]),
     ("flag not bool", lambda d: d["jobs"][0].update(options={"no_smooth": "yes"}), ['"no_smooth"', "true or false"]),
+    ("bad face range", lambda d: d["jobs"][2].update(face_ranges=[{"start": 1, "end": 0.5, "face": True}]),
+     ['job "range_a"', '"face_ranges"']),
+    ("bad dub range", lambda d: d["jobs"][2].update(dub_ranges=[[0.5]]), ['job "range_a"', '"dub_ranges"']),
 ]
 
 
@@ -158,6 +161,8 @@ def test_options_are_the_sync_commands():
     o = parse_options({"crf": 0, "x264_preset": "veryslow", "pads": [0, 5, -2, 0], "no_smooth": True,
                        "detect_max_every": None}, "t")
     assert (o.crf, o.preset, o.pads, o.smooth) == (0, "veryslow", (0, 5, -2, 0), False)
+    assert parse_options({"exact_size": True, "codec": "ffv1"}, "t").exact_size is True  # the add-on's results
+    assert parse_options({}, "t").exact_size is False
 
 
 # ------------------------------------------------------------------------------------------- local runs
@@ -230,6 +235,12 @@ def test_record_key_follows_what_the_output_is_made_of(work, tmp_path):
     jobs["range_a"].audio_start = None
     jobs["range_a"].options.device = "cpu"  # where it runs is not what it is
     assert prepare(jobs["range_a"], batch.checkpoint).key == key
+    jobs["range_a"].options.face_at = (60.0, 40.0)  # another face
+    assert prepare(jobs["range_a"], batch.checkpoint).key != key
+    jobs["range_a"].options.face_at = None
+    jobs["range_a"].dub_ranges = [(0.4, 0.8)]  # a cut of an edit: the mouth redone only under its dub
+    assert prepare(jobs["range_a"], batch.checkpoint).key != key
+    jobs["range_a"].dub_ranges = None
     # a copy of the inputs somewhere else is the same content: the key does not hold paths
     copy = tmp_path / "copy.mp4"
     copy.write_bytes((work["dir"] / "media" / "a.mp4").read_bytes())
@@ -365,3 +376,62 @@ def test_cancel_stops_the_batch_and_reports_what_ran(work, tmp_path):
     assert set(cancelled) == set(rep) - set(done)  # the job cut short is not run, not a failure of its own
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert left == sorted([f"{j}.mp4" for j in done] + [f"{j}.mp4.lipsync.json" for j in done])
+
+
+# ------------------------------------------------------------------------- a cut of an edit (Export Batch)
+
+
+def test_cut_job_is_the_edits_own_clip(work, tmp_path):
+    """A job with face_ranges / dub_ranges runs as the Blender extension's press runs a cut (sync_edit): the
+    mouth redone only where a face segment and the dub meet, exact_size kept, the mixed dub as its sound; the
+    record keeps what the import needs."""
+    from lipsync_core import sync
+    from lipsync_core.batch_export import export_batch
+
+    m = work["dir"] / "media"
+    parts = [{"file": str(m / "speech.wav"), "from": 0.2, "at": 0.0, "seconds": 0.6, "volume": 0.8},
+             {"file": str(m / "tone.wav"), "from": 0.0, "at": 0.5, "seconds": 0.3, "volume": [0.5] * 8}]
+    face_ranges = [{"start": 0.4, "end": 0.8, "face": True}, {"start": 0.8, "end": 1.2, "face": False}]
+    job = {"id": "cut1", "video": str(m / "a.mp4"), "audio": "dub/cut1.wav", "output": "out/cut1.mp4",
+           "start": 0.4, "end": 1.2, "audio_start": 0, "face_ranges": face_ranges, "dub_ranges": [[0.44, 1.2]],
+           "options": {"face": "largest", "exact_size": True}}
+    doc = {"version": 1, "checkpoint": str(work["ckpt"]), "options": {"box": BOX, "detector": "opencv"},
+           "jobs": [job]}
+    folder = tmp_path / "farm"
+    bad = dict(doc, jobs=[dict(job, face_ranges=[{"start": 0.4, "end": 0.8, "face": "yes"}])])
+    with pytest.raises(Exception, match='"face" in "face_ranges"'):
+        export_batch(str(folder), bad, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8}])
+    assert not folder.exists()  # refused: nothing written
+    export_batch(str(folder), doc, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8}],
+                 {"manifest.json": {"x": 1}})
+    assert sorted(p.name for p in folder.rglob("*")) == ["JOBS.json", "cut1.wav", "dub", "manifest.json"]
+    r = run_cli([str(folder / "JOBS.json"), "--report", str(folder / "REPORT.json")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = folder / "out" / "cut1.mp4"
+    rec = provenance.read_record(out)
+    assert rec["made_from"]["cut"] == {"segments": [{"start_frame": 10, "end_frame": 20, "face": True},
+                                                    {"start_frame": 20, "end_frame": 30, "face": False}],
+                                       "sync_ranges": [[11, 30]]}
+    assert rec["clip"]["face_frames"] == 9 and rec["clip"]["segments"][0]["start_frame"] == 10
+
+    # the same cut pressed locally: the same frames (the mouth from the same dub mix, heard at 16 kHz)
+    local = tmp_path / "local.mp4"
+    opts = sync.SyncOptions(box=tuple(BOX), detector="opencv", exact_size=True)
+    clip = {"video": str(m / "a.mp4"), "start_frame": 10, "end_frame": 30, "output": str(local), "dub": parts,
+            "segments": [{"start_frame": 10, "end_frame": 20, "face": True},
+                         {"start_frame": 20, "end_frame": 30, "face": False}],
+            "sync_ranges": [[11, 30]], "face_choice": "largest"}
+    row = sync.sync_edit(str(work["ckpt"]), [clip], opts)["clips"][0]
+    assert row["face_frames"] == rec["clip"]["face_frames"]
+    got, want = frames_of(out).astype(np.float32), frames_of(local).astype(np.float32)
+    source = frames_of(m / "a.mp4")[10:30].astype(np.float32)
+    assert got.shape == want.shape == source.shape
+    x1, y1, x2, y2 = BOX
+    mouth = (slice(None), slice((y1 + y2) // 2, y2), slice(x1, x2))
+    changed = np.abs(got - source)[mouth].mean(axis=(1, 2, 3))
+    assert (changed[1:10] > 20).all() and (changed[[0, *range(10, 20)]] < 5).all(), changed  # frames 11-19 only
+    assert np.abs(got - want)[mouth].mean() < 0.25 * np.abs(want - source)[mouth].mean()
+    heard = A.load_audio(str(out))
+    mix = sync.mix_dub(parts, 0.8)
+    k = min(len(heard), len(mix))
+    assert np.corrcoef(heard[:k], mix[:k])[0, 1] > 0.9
