@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BATCH_ENV as ENV  # the same engine settings everywhere (the Ray cluster's too)
 
 from lipsync_core import audio as A
 from lipsync_core import cli, provenance
@@ -22,8 +23,6 @@ from tools.ray_cluster import processes
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 160, 120
 BOX = [40, 10, 120, 100]
-# the same engine settings everywhere: no bf16 check, per-test detection cache
-ENV = {"LIPSYNC_PRECISION": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -249,18 +248,6 @@ def test_record_key_follows_what_the_output_is_made_of(work, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ a real Ray cluster
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(work):
-    pytest.importorskip("ray", reason='Ray is not installed (pip install ".[farm]")')
-    from tools.ray_cluster import LocalRayCluster
-
-    cluster = LocalRayCluster(nodes=2, cpus=1, env={"PYTHONPATH": str(ROOT), **ENV,
-                                                     "LIPSYNC_CACHE_DIR": str(work["dir"] / "cache")})
-    yield cluster
-    cluster.stop()
-    assert not cluster.pids(), "the test's Ray processes are gone"
 
 
 def test_ray_batch_equals_local(work, local_run, ray_cluster):
