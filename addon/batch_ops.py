@@ -150,7 +150,8 @@ class LIPSYNC_OT_import_batch(_FolderOperator, bpy.types.Operator):
         snap = dataclasses.replace(snap, cuts=tuple(c for _, _, c in good),
                                    dubs={c.name: () for _, _, c in good})
         try:
-            summary = apply.apply_edit(scene, snap, Outcome("done", cuts=[p for _, p, _ in good]))
+            summary = apply.apply_edit(scene, snap, Outcome("done", cuts=[p for _, p, _ in good],
+                                                            made={p.cut: f.clip for f, p, _ in good}))
         except PlanError as exc:
             return self._fail(context, str(exc))
         text = f"Lip Sync: {summary}"
