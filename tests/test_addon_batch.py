@@ -109,7 +109,8 @@ def local(lipsync_addon, checkpoint, media, tmp_path_factory):
         assert bpy.ops.lipsync.sync() == {"FINISHED"}
     state = _state(scene)
     shutil.move(project / "lipsync", project / "local_results")
-    return {"project": project, "state": state, "results": project / "local_results"}
+    yield {"project": project, "state": state, "results": project / "local_results"}
+    bpy.ops.wm.read_homefile(use_empty=True)  # a new, unsaved file again: later tests expect one
 
 
 def test_export_run_on_ray_import_equals_the_local_press(local, media, checkpoint, ray_cluster, tmp_path):
