@@ -210,20 +210,20 @@ def read_folder(folder: str) -> FolderState:
     state = FolderState()
     for e in manifest["jobs"]:
         jid, cuts = e["id"], list(e["cuts"])
-        rep = status.get(jid)
-        if rep is not None and rep.get("status") == "failed":
-            state.failed.append((jid, cuts, str(rep.get("message") or "failed")))
-            continue
         out = os.path.normpath(os.path.join(folder, e["output"]))
         rec = read_json(out + RECORD_SUFFIX) if os.path.isfile(out) else None
-        if rec is None:
-            why = "no output yet" if not os.path.isfile(out) else "its output has no record (still being written?)"
-            state.missing.append((jid, cuts, why))
-        elif rec.get("job") != jid or (rec.get("output") or {}).get("size") != os.path.getsize(out):
-            state.missing.append((jid, cuts, "its output is not the one the batch recorded"))
-        else:
+        ok = rec is not None and rec.get("job") == jid and (rec.get("output") or {}).get("size") == os.path.getsize(out)
+        rep = status.get(jid)
+        if ok:  # an output with its record is finished, whatever an older report says
             state.finished.append(Finished(jid, out, e["key"], cuts, dict(e.get("dubs") or {}),
                                            dict(rec.get("clip") or {})))
+        elif rep is not None and rep.get("status") == "failed":
+            state.failed.append((jid, cuts, str(rep.get("message") or "failed")))
+        elif rec is None:
+            why = "no output yet" if not os.path.isfile(out) else "its output has no record (still being written?)"
+            state.missing.append((jid, cuts, why))
+        else:
+            state.missing.append((jid, cuts, "its output is not the one the batch recorded"))
     return state
 
 

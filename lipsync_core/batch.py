@@ -8,6 +8,9 @@ Each job is prepared here (inputs probed, content key computed, see provenance.p
 current is skipped, one whose inputs are missing or unreadable fails, the rest run, in this process one after
 another with one model load, or as Ray tasks (farm.py). An output is written under a temporary name unique to
 the attempt and renamed when complete; its record is written after it.
+
+A job with `face_ranges` / `dub_ranges` is one cut of an edit (what the Blender extension's Export Batch
+writes): it runs through sync.sync_edit, the press's own code path, so the farm's result equals the press's.
 """
 
 from __future__ import annotations
