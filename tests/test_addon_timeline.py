@@ -266,3 +266,27 @@ def test_export_is_one_job_per_distinct_cut_in_the_batch_format(tmp_path):
                         out_dir=str(tmp_path / "r"))
     exp = bio.build_export(same, edit_plan.plan_cuts(same), str(tmp_path / "batch"), [], {})
     assert len(exp.jobs["jobs"]) == 1 and exp.manifest["jobs"][0]["cuts"] == ["c1", "c3"]
+
+
+def test_reading_a_batch_folder_finished_failed_missing(tmp_path):
+    import json
+
+    from addon import batch_io as bio
+
+    jobs = [{"id": i, "output": f"out/{i}.mp4", "key": "k" + i, "cuts": ["c" + i], "dubs": {}} for i in "abcd"]
+    (tmp_path / bio.MANIFEST).write_text(json.dumps({"version": 1, "jobs": jobs}))
+    (tmp_path / "out").mkdir()
+    for i in "ab":  # finished: output and its record (b's job failed in an older run: the output wins)
+        (tmp_path / "out" / f"{i}.mp4").write_bytes(b"12345")
+        (tmp_path / "out" / f"{i}.mp4.lipsync.json").write_text(json.dumps(
+            {"job": i, "output": {"size": 5}, "clip": {"face_frames": 3}}))
+    (tmp_path / "out" / "d.mp4").write_bytes(b"partial")  # no record yet
+    (tmp_path / bio.REPORT).write_text(json.dumps({"jobs": [{"id": "b", "status": "failed"},
+                                                            {"id": "c", "status": "failed", "message": "no face"}]}))
+    st = bio.read_folder(str(tmp_path))
+    assert [(f.id, f.key, f.clip) for f in st.finished] == [("a", "ka", {"face_frames": 3}),
+                                                             ("b", "kb", {"face_frames": 3})]
+    assert st.failed == [("c", ["cc"], "no face")]
+    assert st.missing == [("d", ["cd"], "its output has no record (still being written?)")]
+    with pytest.raises(PlanError, match="holds no Lip Sync batch"):
+        bio.read_folder(str(tmp_path / "out"))
