@@ -36,21 +36,24 @@ def export_batch(folder: str, jobs: dict, mixes: list[dict], files: dict | None 
     except BatchError as exc:
         raise LipsyncError(f"the batch the extension made is not valid: {exc}") from None
     os.makedirs(folder, exist_ok=True)
-    written = []
+    written, temps = [], []
     progress.start("mixing the dub", len(mixes))
-    for m in mixes:
-        cancel.check()
-        out = os.path.normpath(os.path.join(folder, m["output"]))
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{uuid.uuid4().hex[:12]}.tmp.wav")
-        try:
+    try:  # every mix under a temporary name first: a failure leaves an earlier export's files as they were
+        for m in mixes:
+            cancel.check()
+            out = os.path.normpath(os.path.join(folder, m["output"]))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{uuid.uuid4().hex[:12]}.tmp.wav")
+            temps.append((tmp, out))
             _write_wav(tmp, mix_dub(m["dub"], float(m["seconds"]), sr=MIX_RATE), MIX_RATE)
+            progress.advance("mixing the dub")
+        for tmp, out in temps:
             os.replace(tmp, out)
-        finally:
+            written.append(out)
+    finally:
+        for tmp, _ in temps:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        written.append(out)
-        progress.advance("mixing the dub")
     for name, data in (files or {}).items():
         provenance.write_json_atomic(os.path.join(folder, name), data)
         written.append(os.path.join(folder, name))

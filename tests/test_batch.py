@@ -392,6 +392,12 @@ def test_cut_job_is_the_edits_own_clip(work, tmp_path):
     export_batch(str(folder), doc, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8}],
                  {"manifest.json": {"x": 1}})
     assert sorted(p.name for p in folder.rglob("*")) == ["JOBS.json", "cut1.wav", "dub", "manifest.json"]
+    kept = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    lost = [dict(parts[0], file=str(m / "gone.wav"))]
+    with pytest.raises(Exception, match="gone.wav"):  # a failing mix: the earlier export stays as it was
+        export_batch(str(folder), doc, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8},
+                                        {"output": "dub/cut2.wav", "dub": lost, "seconds": 0.8}])
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == kept
     r = run_cli([str(folder / "JOBS.json"), "--report", str(folder / "REPORT.json")])
     assert r.returncode == 0, r.stderr[-3000:]
     out = folder / "out" / "cut1.mp4"
