@@ -3,7 +3,8 @@ lipsync.import_batch (the farm's finished results placed as a press places them,
 
 The export plans exactly as a press does (snapshot.take_edit, edit_plan.plan_cuts: the same selection, the same
 problem list, the same options); the engine worker mixes each cut's dub into a WAV and writes JOBS.json
-(worker command export_batch). The import checks every job's cuts against their content key at export and
+(worker command export_batch), run as a press's job is (modal with progress and Esc after the file browser,
+blocking from scripts). The import checks every job's cuts against their content key at export and
 hands the good ones to apply.apply_edit, the press's own apply.
 """
 
@@ -15,9 +16,10 @@ import os
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import apply, batch_io, compat, jobs, prefs, snapshot, worker_client
+from . import apply, batch_io, compat, jobs, prefs, snapshot
 from .edit_plan import plan_cuts
-from .job_steps import Outcome
+from .job_steps import JobSteps, Outcome
+from .ops import JobOperator
 from .plan import PlanError
 
 
@@ -48,7 +50,7 @@ class _FolderOperator:
         return {"CANCELLED"}
 
 
-class LIPSYNC_OT_export_batch(_FolderOperator, bpy.types.Operator):
+class LIPSYNC_OT_export_batch(JobOperator, bpy.types.Operator):
     """Write a batch for a render farm into a folder: JOBS.json with one job per cut that Lip Sync would sync now
     (the same selection and settings), each cut's dub mixed into one WAV. Run it with
     python -m lipsync_core batch JOBS.json, then Import Batch Results"""
@@ -56,48 +58,50 @@ class LIPSYNC_OT_export_batch(_FolderOperator, bpy.types.Operator):
     bl_idname = "lipsync.export_batch"
     bl_label = "Export Batch"
     bl_options = {"REGISTER"}
+    command = "export"
 
+    directory: StringProperty(name="Folder", subtype="DIR_PATH")
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     path_map: StringProperty(
         name="Path Map",
         description="Rewrites absolute paths for the farm, HERE=FARM, several separated by ';' "
                     "(e.g. /mnt/projects=/shared/projects); empty: the preference Farm Path Map")
+    from_browser: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})
 
     def invoke(self, context, event):
         p = prefs.get(context)
         if not self.path_map and p is not None:
             self.path_map = p.farm_path_map
-        return super().invoke(context, event)
+        self.from_browser = True
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
 
     def execute(self, context):
+        if self.from_browser and not bpy.app.background and context.window is not None:
+            result = self._begin(context)  # chosen in the file browser: mix the dubs while Blender stays usable
+            if result == {"RUNNING_MODAL"}:
+                context.window_manager.modal_handler_add(self)
+            return result
+        return super().execute(context)  # scripts, background: to the end before returning
+
+    def make_steps(self, context) -> JobSteps:
         folder = _folder(self.directory)
         if not folder:
-            return self._fail(context, "Choose the folder to export the batch into.")
+            raise PlanError("Choose the folder to export the batch into.")
         p = prefs.get(context)
-        try:
-            snap = snapshot.take_edit(context, "sync")
-            plans = plan_cuts(snap)  # the press's own problem list: nothing is written when there is one
-            rules = batch_io.parse_path_map(self.path_map or (p.farm_path_map if p is not None else ""))
-            dubs = {c.name: [d.name for d in snap.dubs.get(c.name, ())] for c in snap.cuts}
-            exp = batch_io.build_export(snap, plans, folder, rules, dubs)
-            worker_client.require_python_file(snap.python)
-            job = {"command": "export_batch", "folder": folder, "jobs": exp.jobs, "mixes": exp.mixes,
-                   "files": {batch_io.MANIFEST: exp.manifest}}
-            res = worker_client.WorkerProcess(snap.python, job, cache_dir=snap.cache_dir).run()
-        except (PlanError, worker_client.WorkerError) as exc:
-            return self._fail(context, str(exc))
-        if res.kind != "result":
-            msg = res.event.get("message") or "The engine stopped without a message."
-            return self._fail(context, f"Export Batch failed, nothing usable was written: {msg}")
-        text = (f"Lip Sync: exported {len(exp.jobs['jobs'])} job(s) for {len(plans)} cut(s) to "
+        snap = snapshot.take_edit(context, "sync")
+        plans = plan_cuts(snap)  # the press's own problem list: nothing is written when there is one
+        rules = batch_io.parse_path_map(self.path_map or (p.farm_path_map if p is not None else ""))
+        dubs = {c.name: [d.name for d in snap.dubs.get(c.name, ())] for c in snap.cuts}
+        exp = batch_io.build_export(snap, plans, folder, rules, dubs)
+        job = {"command": "export_batch", "folder": folder, "jobs": exp.jobs, "mixes": exp.mixes,
+               "files": {batch_io.MANIFEST: exp.manifest}}
+        note = (f"exported {len(exp.jobs['jobs'])} job(s) for {len(plans)} cut(s) to "
                 f"{os.path.join(folder, batch_io.JOBS)}")
-        level = "INFO"
         if exp.unmapped:
-            level = "WARNING"
-            text += ("; no path map entry covers " + ", ".join(exp.unmapped)
+            note += ("; no path map entry covers " + ", ".join(exp.unmapped)
                      + " (the farm must see them at the same path)")
-        compat.edit_scene(context).lipsync.message = text.splitlines()[0]
-        self.report({level}, text)
-        return {"FINISHED"}
+        return JobSteps(snap, "export", worker_job=job, note=note, warning=bool(exp.unmapped))
 
 
 class LIPSYNC_OT_import_batch(_FolderOperator, bpy.types.Operator):

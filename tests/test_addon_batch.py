@@ -200,3 +200,24 @@ def test_missing_output_and_not_an_export_folder_are_named(local, media, tmp_pat
     assert _state(scene) == before
     with pytest.raises(RuntimeError, match="holds no Lip Sync batch"):
         bpy.ops.lipsync.import_batch(directory=str(tmp_path))
+
+
+def test_export_from_the_file_browser_runs_as_a_job(local, media, tmp_path):
+    """After the file browser, the export runs on the job thread (progress in the panel, Esc cancels) as a press
+    does; the editor sees the same message."""
+    from types import SimpleNamespace
+
+    ops, batch_ops = be.submodule("ops"), be.submodule("batch_ops")
+    _build("Modal", media)
+    folder = tmp_path / "batch"
+    op = SimpleNamespace(directory=str(folder), path_map=f"{media}=/farm/media")
+    steps = batch_ops.LIPSYNC_OT_export_batch.make_steps(op, bpy.context)
+    job = ops.start_job(bpy.context, "export", steps)
+    while not ops.pump(bpy.context, job):
+        job.wait(0.1)
+    result, level, msg = ops.conclude(bpy.context, job, job.outcome)
+    assert (result, level) == ({"FINISHED"}, "WARNING"), msg  # the checkpoint is outside every mapped folder
+    assert msg.startswith("Lip Sync: exported 2 job(s) for 2 cut(s)") and "no path map entry covers" in msg
+    doc = json.loads((folder / "JOBS.json").read_text())
+    assert {Path(j["video"]).parent for j in doc["jobs"]} == {Path("/farm/media")}
+    assert sorted(p.name for p in (folder / "dub").iterdir()) == sorted(f"{j['id']}.wav" for j in doc["jobs"])
