@@ -188,6 +188,17 @@ def test_export_run_on_ray_import_equals_the_local_press(local, media, checkpoin
     # one undo: back to after the first import
     bpy.ops.ed.undo()
     assert _state(bpy.data.scenes["Farm"]) == after_first
+    # redone, a press finds every result in place: it starts no engine and changes nothing
+    bpy.ops.ed.redo()
+    assert _state(bpy.data.scenes["Farm"]) == got
+    wc = be.submodule("worker_client")
+    started, run = [], wc.WorkerProcess.run
+    wc.WorkerProcess.run = lambda self: (started.append(self.job), run(self))[1]
+    try:
+        assert bpy.ops.lipsync.sync() == {"FINISHED"}
+    finally:
+        wc.WorkerProcess.run = run
+    assert started == [] and _state(bpy.data.scenes["Farm"]) == got
 
 
 def test_missing_output_and_not_an_export_folder_are_named(local, media, tmp_path):
