@@ -96,8 +96,10 @@ class LIPSYNC_OT_export_batch(JobOperator, bpy.types.Operator):
         exp = batch_io.build_export(snap, plans, folder, rules, dubs)
         job = {"command": "export_batch", "folder": folder, "jobs": exp.jobs, "mixes": exp.mixes,
                "files": {batch_io.MANIFEST: exp.manifest}}
+        there = batch_io.map_path(folder, rules)  # the folder as the farm sees it
         note = (f"exported {len(exp.jobs['jobs'])} job(s) for {len(plans)} cut(s) to "
-                f"{os.path.join(folder, batch_io.JOBS)}")
+                f"{os.path.join(folder, batch_io.JOBS)}; on the farm run: python -m lipsync_core batch "
+                f"{there}/{batch_io.JOBS} --ray auto --report {there}/{batch_io.REPORT}")
         if exp.unmapped:
             note += ("; no path map entry covers " + ", ".join(exp.unmapped)
                      + " (the farm must see them at the same path)")
