@@ -229,6 +229,7 @@ def test_export_from_the_file_browser_runs_as_a_job(local, media, tmp_path):
     result, level, msg = ops.conclude(bpy.context, job, job.outcome)
     assert (result, level) == ({"FINISHED"}, "WARNING"), msg  # the checkpoint is outside every mapped folder
     assert msg.startswith("Lip Sync: exported 2 job(s) for 2 cut(s)") and "no path map entry covers" in msg
+    assert f"on the farm run: python -m lipsync_core batch {folder}/JOBS.json --ray auto --report" in msg
     doc = json.loads((folder / "JOBS.json").read_text())
     assert {Path(j["video"]).parent for j in doc["jobs"]} == {Path("/farm/media")}
     assert sorted(p.name for p in (folder / "dub").iterdir()) == sorted(f"{j['id']}.wav" for j in doc["jobs"])
