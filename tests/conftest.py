@@ -33,25 +33,6 @@ def shared_media():
     return SHARED_MEDIA
 
 
-# the engine settings of every batch test: no bf16 check (so runs compare), per-session detection cache
-BATCH_ENV = {"LIPSYNC_PRECISION": "fp32"}
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """A real two-node Ray cluster on this host, started once for every test that needs one (test_batch.py,
-    test_addon_batch.py); stopped at the end, only its own processes."""
-    pytest.importorskip("ray", reason='Ray is not installed (pip install ".[farm]")')
-    from tools.ray_cluster import LocalRayCluster
-
-    cache = tmp_path_factory.mktemp("ray_cache")
-    cluster = LocalRayCluster(nodes=2, cpus=1, env={"PYTHONPATH": str(ROOT), **BATCH_ENV,
-                                                     "LIPSYNC_CACHE_DIR": str(cache)})
-    yield cluster
-    cluster.stop()
-    assert not cluster.pids(), "the test's Ray processes are gone"
-
-
 class _RunsACommand:
     """Unpickling this would run `touch MARKER` through os.system (torch names it posix.system): a harmless
     stand-in for a checkpoint built to run code. The marker file proves it did not run."""

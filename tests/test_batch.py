@@ -1,4 +1,7 @@
-"""`python -m lipsync_core batch`: JOBS.json checks, local runs, resume, and a real two-node Ray cluster."""
+"""`python -m lipsync_core batch`: JOBS.json checks, local runs, resume, and a real two-node Ray cluster (also for
+the Blender extension's Export Batch -> the farm -> Import Batch Results, at the end)."""
+
+# ruff: noqa: F811  (pytest fixtures imported from other test modules come back as test arguments)
 
 import json
 import os
@@ -9,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import bpy
 import numpy as np
 import pytest
-from conftest import BATCH_ENV as ENV  # the same engine settings everywhere (the Ray cluster's too)
+from test_addon_batch import AS_UI, CUTS, _build, _frames, _psnr, _state, farm_media  # noqa: F401  (a fixture)
 
+import blender_env as be  # the installed extension (conftest points Blender's user folder at a temp one)
+from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
 from lipsync_core import audio as A
 from lipsync_core import cli, provenance
 from lipsync_core.media import FrameReader, probe
@@ -23,6 +29,8 @@ from tools.ray_cluster import processes
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 160, 120
 BOX = [40, 10, 120, 100]
+# the same engine settings everywhere: no bf16 check, per-test detection cache
+ENV = {"LIPSYNC_PRECISION": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +258,18 @@ def test_record_key_follows_what_the_output_is_made_of(work, tmp_path):
 # ------------------------------------------------------------------------------------ a real Ray cluster
 
 
+@pytest.fixture(scope="module")
+def ray_cluster(work):
+    pytest.importorskip("ray", reason='Ray is not installed (pip install ".[farm]")')
+    from tools.ray_cluster import LocalRayCluster
+
+    cluster = LocalRayCluster(nodes=2, cpus=1, env={"PYTHONPATH": str(ROOT), **ENV,
+                                                     "LIPSYNC_CACHE_DIR": str(work["dir"] / "cache")})
+    yield cluster
+    cluster.stop()
+    assert not cluster.pids(), "the test's Ray processes are gone"
+
+
 def test_ray_batch_equals_local(work, local_run, ray_cluster):
     path = write_jobs(work, "ray.json", jobs_doc(work, "ray"))
     report = work["dir"] / "ray_report.json"
@@ -428,3 +448,118 @@ def test_cut_job_is_the_edits_own_clip(work, tmp_path):
     mix = sync.mix_dub(parts, 0.8)
     k = min(len(heard), len(mix))
     assert np.corrcoef(heard[:k], mix[:k])[0, 1] > 0.9
+
+
+# ------------------------------------------- from Blender: Export Batch -> the Ray cluster -> Import Batch Results
+
+
+def _batch(jobs: Path, cluster, report: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS=cluster.address, **ENV)
+    return subprocess.run([sys.executable, "-m", "lipsync_core", "batch", str(jobs), "--ray", "auto", "--report",
+                           str(report)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def pressed_here(lipsync_addon, checkpoint, farm_media, tmp_path_factory):
+    """The edit pressed here (the reference), its results moved aside so the import makes its own."""
+    be.configure(checkpoint)
+    project = tmp_path_factory.mktemp("farm_project")
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "edit.blend"))
+    scene = _build("Local", farm_media)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ENV.items():  # the press's engine runs as the farm's (fp32)
+            mp.setenv(k, v)
+        assert bpy.ops.lipsync.sync() == {"FINISHED"}
+    state = _state(scene)
+    shutil.move(project / "lipsync", project / "local_results")
+    yield {"project": project, "state": state, "results": project / "local_results"}
+    bpy.ops.wm.read_homefile(use_empty=True)  # a new, unsaved file again: later tests expect one
+
+
+def test_blender_export_run_on_ray_import_equals_the_local_press(pressed_here, farm_media, checkpoint, ray_cluster,
+                                                                  tmp_path):
+    project = pressed_here["project"]
+    scene = _build("Farm", farm_media)
+    before = _state(scene)
+    # the farm sees the media, the checkpoint and the export folder under other roots (symlinks play the share)
+    export, farm = project / "batch", tmp_path / "farm"
+    farm.mkdir()
+    for name, target in (("media", farm_media), ("ckpt", Path(checkpoint).parent), ("batch", export)):
+        (farm / name).symlink_to(target, target_is_directory=True)
+    path_map = f"{farm_media}={farm / 'media'}; {Path(checkpoint).parent}={farm / 'ckpt'}"
+
+    # a problem a press would show: the same list, nothing is written
+    scene.sequence_editor.strips["dub2"].select = False
+    with pytest.raises(RuntimeError, match=r"nothing was run:\n- 'cut2': no dub plays under it"):
+        bpy.ops.lipsync.export_batch(directory=str(export), path_map=path_map)
+    assert not export.exists()
+    scene.sequence_editor.strips["dub2"].select = True
+    assert _state(scene) == before
+
+    assert bpy.ops.lipsync.export_batch(directory=str(export), path_map=path_map) == {"FINISHED"}
+    doc = json.loads((export / "JOBS.json").read_text())
+    assert len(doc["jobs"]) == 2 and doc["checkpoint"] == str(farm / "ckpt" / Path(checkpoint).name)
+    assert {Path(j["video"]).parent for j in doc["jobs"]} == {farm / "media"}
+    assert all(not os.path.isabs(j[k]) for j in doc["jobs"] for k in ("audio", "output"))
+    assert doc["options"]["exact_size"] is True and doc["options"]["codec"] == "h264"
+    by_cut = {e["cuts"][0]: e for e in json.loads((export / "lipsync_batch.json").read_text())["jobs"]}
+    assert set(by_cut) == set(CUTS)
+
+    # the farm runs it from its own path; cut2's dub is lost there: that job fails, the other is done
+    wav2 = export / "dub" / f"{by_cut['cut2']['id']}.wav"
+    wav2.rename(wav2.with_suffix(".kept"))
+    r = _batch(farm / "batch" / "JOBS.json", ray_cluster, export / "REPORT.json")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert bpy.ops.lipsync.import_batch(directory=str(export)) == {"FINISHED"}
+    after_first = _state(scene)
+    cut1_local = pressed_here["state"]["strips"]["cut1"]
+    assert after_first["strips"]["cut1"] == cut1_local
+    assert after_first["strips"]["cut2"] == before["strips"]["cut2"]  # failed on the farm: unchanged
+    assert not after_first["strips"]["cut2.sound"][5]  # its own sound still plays
+    assert "1 of 1 cut(s)" in scene.lipsync.message and "not placed: cut2 (failed)" in scene.lipsync.message
+
+    # the dub back, the batch again: cut1 is skipped, cut2 done
+    wav2.with_suffix(".kept").rename(wav2)
+    r = _batch(farm / "batch" / "JOBS.json", ray_cluster, export / "REPORT.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = {j["id"]: j for j in json.loads((export / "REPORT.json").read_text())["jobs"]}
+    assert rep[by_cut["cut1"]["id"]]["status"] == "skipped" and rep[by_cut["cut2"]["id"]]["status"] == "done"
+
+    # cut2's dub changed since the export: named, nothing changed
+    scene.sequence_editor.strips["dub2"].volume = 0.5
+    assert bpy.ops.lipsync.import_batch(directory=str(export)) == {"FINISHED"}
+    assert "not placed: cut2 (changed)" in scene.lipsync.message
+    assert _state(scene) == after_first
+    scene.sequence_editor.strips["dub2"].volume = 1.0
+
+    bpy.ops.ed.undo_push(message="before the import")
+    assert bpy.ops.lipsync.import_batch(*AS_UI, directory=str(export)) == {"FINISHED"}
+    scene = bpy.data.scenes["Farm"]
+    got = _state(scene)
+    want = pressed_here["state"]
+    assert got["strips"] == want["strips"]  # same strips, ranges, channels, mute, files, custom properties
+    assert got["markers"] == want["markers"]
+    for cut in CUTS:  # the farm's result is the press's, up to the dub's resampling before the mel
+        name = Path(bpy.path.abspath(scene.sequence_editor.strips[cut].filepath)).name
+        farm_out, press_out = _frames(project / "lipsync" / name), _frames(pressed_here["results"] / name)
+        assert farm_out.shape == press_out.shape
+        source = _frames(farm_media / ("a.mp4" if cut == "cut1" else "b.mp4"))
+        start = scene.sequence_editor.strips[cut]["lipsync_src_start"]
+        source = source[start : start + len(farm_out)]
+        assert farm_out.shape == source.shape
+        made, off = _psnr(farm_out, press_out), _psnr(press_out, source)
+        assert made > 30 and made > off + 3, (cut, made, off)  # much nearer the press's than the source
+    # one undo: back to after the first import
+    bpy.ops.ed.undo()
+    assert _state(bpy.data.scenes["Farm"]) == after_first
+    # redone, a press finds every result in place: it starts no engine and changes nothing
+    bpy.ops.ed.redo()
+    assert _state(bpy.data.scenes["Farm"]) == got
+    wc = be.submodule("worker_client")
+    started, run = [], wc.WorkerProcess.run
+    wc.WorkerProcess.run = lambda self: (started.append(self.job), run(self))[1]
+    try:
+        assert bpy.ops.lipsync.sync() == {"FINISHED"}
+    finally:
+        wc.WorkerProcess.run = run
+    assert started == [] and _state(bpy.data.scenes["Farm"]) == got
