@@ -8,9 +8,9 @@ Blender for tests.
 
 
 def _modules():
-    from . import face_choice, helper_ops, jobs, ops, prefs, props, setup_ops, ui, weights_ops
+    from . import batch_ops, face_choice, helper_ops, jobs, ops, prefs, props, setup_ops, ui, weights_ops
 
-    return (prefs, props, face_choice, jobs, ops, helper_ops, setup_ops, weights_ops, ui)
+    return (prefs, props, face_choice, jobs, ops, batch_ops, helper_ops, setup_ops, weights_ops, ui)
 
 
 def register():

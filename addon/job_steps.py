@@ -28,6 +28,7 @@ class Outcome:
     detected: dict = field(default_factory=dict)  # detect: cut name -> its TimelineSegments
     cuts: list[CutPlan] = field(default_factory=list)  # the edit: every cut's plan
     made: dict = field(default_factory=dict)  # cut name -> the engine's clip result, for the cuts made now
+    warning: bool = False  # done, with something the editor should look at (in `message`)
 
 
 class _Stop(Exception):
@@ -37,12 +38,16 @@ class _Stop(Exception):
 
 
 class JobSteps:
-    """command 'detect' (markers for every cut) or 'sync' (the whole edit), each in one worker."""
+    """command 'detect' (markers for every cut), 'sync' (the whole edit) or 'export' (a farm batch folder:
+    `worker_job` is its export_batch job, `note` the message when it is written), each in one worker."""
 
-    def __init__(self, snap: EditSnapshot, command: str, emit: Callable[[dict], None] | None = None) -> None:
-        assert command in ("detect", "sync")
+    def __init__(self, snap: EditSnapshot, command: str, emit: Callable[[dict], None] | None = None,
+                 worker_job: dict | None = None, note: str = "", warning: bool = False) -> None:
+        assert command in ("detect", "sync", "export") and (worker_job is not None) == (command == "export")
         self.snap = snap
         self.command = command
+        self.worker_job = worker_job
+        self.note, self.warning = note, warning
         self.emit = emit or (lambda ev: None)
         self._cancel = threading.Event()
         self._worker: worker_client.WorkerProcess | None = None
@@ -95,7 +100,15 @@ class JobSteps:
     # -- steps
 
     def _run(self) -> Outcome:
+        if self.command == "export":
+            return self._run_export()
         return self._run_edit() if self.command == "sync" else self._run_detect()
+
+    def _run_export(self) -> Outcome:
+        """The farm folder: the engine mixes each cut's dub and writes JOBS.json (all or nothing)."""
+        worker_client.require_python_file(self.snap.python)
+        self._work(self.worker_job)
+        return Outcome("done", self.note, warning=self.warning)
 
     def _run_detect(self) -> Outcome:
         """Face / no-face segments of every cut, in one worker."""

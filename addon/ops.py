@@ -26,10 +26,11 @@ def prepare(context, command: str):
     return snap
 
 
-def start_job(context, command: str) -> jobs.Job:
-    """Start a job on its thread (what the modal operator does); raises PlanError for bad input."""
-    snap = prepare(context, command)
-    job = jobs.start(JobSteps(snap, command), snap.scene)
+def start_job(context, command: str, steps: JobSteps | None = None) -> jobs.Job:
+    """Start a job (`steps`, or the command's own) on its thread (what the modal operator does); raises
+    PlanError for bad input."""
+    steps = steps or JobSteps(prepare(context, command), command)
+    job = jobs.start(steps, steps.snap.scene)
     _show(context, job, running=True)
     return job
 
@@ -48,17 +49,19 @@ def conclude(context, job_or_steps, outcome: Outcome) -> tuple[set, str, str]:
         jobs.release(job_or_steps)
     snap = steps.snap
     scene = bpy.data.scenes.get(snap.scene)
-    if outcome.status == "done" and scene is None:
+    if outcome.status == "done" and scene is None and steps.command != "export":  # export: its files are written
         steps.discard()
         outcome = Outcome("error", f"Scene '{snap.scene}' was renamed or removed while lip sync ran; nothing was "
                                    "changed.")
     if outcome.status == "done":
         try:
-            if steps.command == "sync":
+            if steps.command == "export":  # nothing to put on the timeline
+                summary = outcome.message
+            elif steps.command == "sync":
                 summary = apply.apply_edit(scene, snap, outcome)
             else:
                 summary = apply.apply_detect(scene, snap, outcome)
-            result, level, msg = {"FINISHED"}, "INFO", f"Lip Sync: {summary}"
+            result, level, msg = {"FINISHED"}, "WARNING" if outcome.warning else "INFO", f"Lip Sync: {summary}"
         except PlanError as exc:  # refused before any change: its files are of no use
             steps.discard()
             result, level, msg = {"CANCELLED"}, "ERROR", str(exc)
@@ -97,16 +100,20 @@ def _tag_redraw(context) -> None:
             area.tag_redraw()
 
 
-class _JobOperator(BlockingOrModal):
+class JobOperator(BlockingOrModal):
     command = "sync"
 
     @classmethod
     def poll(cls, context):
         return not jobs.busy() and compat.edit_scene(context) is not None
 
+    def make_steps(self, context) -> JobSteps:
+        """The job to run (raises PlanError): the command's own; Export Batch makes its own."""
+        return JobSteps(prepare(context, self.command), self.command)
+
     def execute(self, context):
         try:
-            snap = prepare(context, self.command)
+            steps = self.make_steps(context)
         except PlanError as exc:
             return self._fail(context, str(exc))
         last = [""]
@@ -116,7 +123,7 @@ class _JobOperator(BlockingOrModal):
                 last[0] = ev.get("stage")
                 print(f"lipsync: {last[0]}")
 
-        steps = JobSteps(snap, self.command, emit)
+        steps.emit = emit
         outcome = steps.run()
         result, level, msg = conclude(context, steps, outcome)
         self.report({level}, msg)
@@ -125,7 +132,7 @@ class _JobOperator(BlockingOrModal):
     def _begin(self, context):
         """Start the job and the timer that polls it; the caller adds the modal handler."""
         try:
-            self._job = start_job(context, self.command)
+            self._job = start_job(context, self.command, self.make_steps(context))
         except PlanError as exc:
             return self._fail(context, str(exc))
         wm = context.window_manager
@@ -168,7 +175,7 @@ class _JobOperator(BlockingOrModal):
         return {"CANCELLED"}
 
 
-class LIPSYNC_OT_detect_segments(_JobOperator, bpy.types.Operator):
+class LIPSYNC_OT_detect_segments(JobOperator, bpy.types.Operator):
     """Find where the selected movie strips show a face and mark each face / no-face segment with timeline markers"""
 
     bl_idname = "lipsync.detect_segments"
@@ -177,7 +184,7 @@ class LIPSYNC_OT_detect_segments(_JobOperator, bpy.types.Operator):
     command = "detect"
 
 
-class LIPSYNC_OT_sync(_JobOperator, bpy.types.Operator):
+class LIPSYNC_OT_sync(JobOperator, bpy.types.Operator):
     """Lip-sync every selected movie strip to the selected dub sound strips over it; each strip then shows its
     result file (only cuts whose inputs changed are made again)"""
 

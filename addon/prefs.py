@@ -128,6 +128,11 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
         items=list(ENCODINGS),
         default=ENCODINGS[0][0],
     )
+    farm_path_map: StringProperty(
+        name="Farm Path Map",
+        description="Export Batch rewrites absolute paths for the render farm: HERE=FARM, several separated by ';' "
+                    "(e.g. /mnt/projects=/shared/projects); empty: the farm sees the same paths",
+    )
     weights_model: EnumProperty(
         name="Weights",
         description="Which Wav2Lip generator Download Weights fetches",
@@ -155,6 +160,7 @@ class LipsyncPreferences(bpy.types.AddonPreferences):
         _draw_weights(self, layout)
         layout.prop(self, "device")
         layout.prop(self, "result_encoding")
+        layout.prop(self, "farm_path_map")
 
 
 def _draw_setup(layout) -> None:

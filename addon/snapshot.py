@@ -255,13 +255,29 @@ def strip_problems(scene, strip, fps: float, command: str = "sync", codec: str =
 def take_edit(context, command: str = "sync") -> EditSnapshot:
     """The edit to sync (or detect): every selected cut with the dub over it; every problem in one PlanError."""
     scene = compat.edit_scene(context)
-    settings = scene.lipsync
-    p = prefs.get(context)
     if scene.sequence_editor is None:
         raise PlanError("This scene has no strips: add the video and the new audio in the Video Sequencer.")
+    cuts = selected_cuts(scene, scene.lipsync)
+    dubs = selected_dubs(scene, scene.lipsync, cuts) if command == "sync" else {c.name: [] for c in cuts}
+    return _edit(context, scene, cuts, dubs, command)
+
+
+def take_named(context, scene, cut: str, dubs: list[str]) -> EditSnapshot:
+    """One cut with the named dub strips over it, as a press would see them now (Import Batch Results checks
+    that a cut still has the inputs it was exported with); PlanError when one is gone or has a problem."""
+    strip = find_strip(scene, cut)
+    if strip is None or strip.type != "MOVIE":
+        raise PlanError(f"'{cut}': the movie strip is gone or renamed")
+    gone = [d for d in dubs if find_strip(scene, d) is None]
+    if gone:
+        raise PlanError(f"'{cut}': its dub strip(s) {', '.join(repr(g) for g in gone)} are gone or renamed")
+    return _edit(context, scene, [strip], {cut: [find_strip(scene, d) for d in dubs]}, "sync")
+
+
+def _edit(context, scene, cuts: list, dubs: dict, command: str) -> EditSnapshot:
+    settings = scene.lipsync
+    p = prefs.get(context)
     fps = tl.scene_fps(scene.render.fps, scene.render.fps_base)
-    cuts = selected_cuts(scene, settings)
-    dubs = selected_dubs(scene, settings, cuts) if command == "sync" else {c.name: [] for c in cuts}
     if command == "sync" and not any(dubs.values()):
         raise PlanError("No audio strip chosen: add the new dialogue as sound strips under the video and select "
                         "them (or pick one in the Sequencer sidebar > Lip Sync > Audio).")

@@ -55,6 +55,10 @@ class LIPSYNC_PT_panel(bpy.types.Panel):
         row.operator("lipsync.detect_segments", icon="VIEWZOOM")
         row.operator("lipsync.sync", icon="PLAY_SOUND")
         layout.operator("lipsync.restore_original", icon="LOOP_BACK")
+        row = layout.row(align=True)
+        row.enabled = job is None
+        row.operator("lipsync.export_batch", icon="EXPORT")
+        row.operator("lipsync.import_batch", icon="IMPORT")
         if job is not None:
             box = layout.box()
             if hasattr(box, "progress"):  # UILayout.progress: 4.0+

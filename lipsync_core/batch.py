@@ -8,6 +8,9 @@ Each job is prepared here (inputs probed, content key computed, see provenance.p
 current is skipped, one whose inputs are missing or unreadable fails, the rest run, in this process one after
 another with one model load, or as Ray tasks (farm.py). An output is written under a temporary name unique to
 the attempt and renamed when complete; its record is written after it.
+
+A job with `face_ranges` / `dub_ranges` is one cut of an edit (what the Blender extension's Export Batch
+writes): it runs through sync.sync_edit, the press's own code path, so the farm's result equals the press's.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .progress import CancelToken, JsonProgress, Progress
 JOBS_VERSION = 1
 REPORT_VERSION = 1
 BATCH_KEYS = ("version", "checkpoint", "options", "jobs")
-JOB_KEYS = ("id", "video", "audio", "output", "options", "start", "end", "audio_start")
+JOB_KEYS = ("id", "video", "audio", "output", "options", "start", "end", "audio_start", "face_ranges", "dub_ranges")
 PARTIAL_MARK = ".lipsync-partial"  # in the temporary name of an output being written
 
 
@@ -50,10 +53,18 @@ class Job:
     start: float | None = None
     end: float | None = None
     audio_start: float | None = None
+    # a cut as the Blender extension plans it (seconds of the video): "auto" | "all" | [(start, end, face)]
+    face_ranges: object = None
+    dub_ranges: list | None = None  # [(start, end)]: where the dub plays; the mouth is redone only there
 
     @property
     def ranged(self) -> bool:
-        return self.start is not None or self.end is not None or self.audio_start is not None
+        return self.start is not None or self.end is not None or self.audio_start is not None or self.cut
+
+    @property
+    def cut(self) -> bool:
+        """Run as one cut of an edit (sync.sync_edit's clip), not as one face range (sync_clips)."""
+        return self.face_ranges is not None or self.dub_ranges is not None
 
 
 @dataclass
@@ -72,6 +83,7 @@ class Prepared:
     made_from: dict
     key: str
     clip: dict | None = None  # ranged jobs: {"start_frame", "end_frame", "audio_start"} for sync_clips
+    fps: float = 0.0  # the video's frame rate (ranged jobs)
 
 
 @dataclass
@@ -159,6 +171,41 @@ def _number(job: dict, key: str, where: str) -> float | None:
     return float(value)
 
 
+def _seconds_pair(value, what: str, where: str) -> tuple[float, float]:
+    ok = (isinstance(value, list | tuple) and len(value) == 2
+          and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not ok or not 0 <= value[0] < value[1]:
+        raise BatchError(f"{where}: {what} must be two numbers of seconds, start before end, not {json.dumps(value)}")
+    return float(value[0]), float(value[1])
+
+
+def _face_ranges(value, where: str):
+    """"auto" | "all" | [{"start", "end", "face": true|false|null}] -> "auto" | "all" | [(start, end, face)]."""
+    if value in ("auto", "all"):
+        return value
+    example = '"auto", "all" or a list like [{"start": 0.4, "end": 1.2, "face": true}]'
+    if not isinstance(value, list) or not value:
+        raise BatchError(f'{where}: "face_ranges" must be {example}, not {json.dumps(value)}')
+    out = []
+    for row in value:
+        if not isinstance(row, dict) or set(row) - {"start", "end", "face"} or "face" not in row:
+            raise BatchError(f'{where}: each of "face_ranges" must be {{"start", "end", "face"}}, not '
+                             f"{json.dumps(row)}")
+        if row["face"] not in (True, False, None):
+            raise BatchError(f'{where}: "face" in "face_ranges" must be true, false or null, not '
+                             f"{json.dumps(row['face'])}")
+        out.append((*_seconds_pair([row.get("start"), row.get("end")], '"face_ranges" start/end', where),
+                    row["face"]))
+    return out
+
+
+def _dub_ranges(value, where: str) -> list[tuple[float, float]]:
+    if not isinstance(value, list) or not value:
+        raise BatchError(f'{where}: "dub_ranges" must be a list like [[0.4, 1.2]] (seconds of the video), not '
+                         f"{json.dumps(value)}")
+    return [_seconds_pair(v, 'each of "dub_ranges"', where) for v in value]
+
+
 def _path(value, key: str, where: str, folder: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BatchError(f'{where}: "{key}" must be a path (text), not {json.dumps(value)}')
@@ -177,6 +224,12 @@ def load_batch(path: str | os.PathLike) -> Batch:
         raise BatchError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BatchError(f"{path} is not valid JSON: {exc}") from None
+    return check_batch(data, path)
+
+
+def check_batch(data, path: str | os.PathLike) -> Batch:
+    """Check a JOBS.json document as if it were read from `path` (relative paths resolve against its folder)."""
+    path = os.path.abspath(path)
     name = os.path.basename(path)
     if not isinstance(data, dict):
         raise BatchError(f'{name} must hold one object: {{"version": 1, "checkpoint": ..., "jobs": [...]}}')
@@ -219,7 +272,9 @@ def load_batch(path: str | os.PathLike) -> Batch:
             raise BatchError(f'{where}: "options" must be an object like {{"crf": 18}}')
         opts = parse_options({**base, **own}, where)
         start, end, audio_start = (_number(raw, k, where) for k in ("start", "end", "audio_start"))
-        job = Job(jid, video, audio, output, opts, start, end, audio_start)
+        face_ranges = _face_ranges(raw["face_ranges"], where) if raw.get("face_ranges") is not None else None
+        dub_ranges = _dub_ranges(raw["dub_ranges"], where) if raw.get("dub_ranges") is not None else None
+        job = Job(jid, video, audio, output, opts, start, end, audio_start, face_ranges, dub_ranges)
         if start is not None and start < 0:
             raise BatchError(f'{where}: "start" must be 0 or more seconds, not {start:g}')
         if end is not None and end <= (start or 0.0):
@@ -229,7 +284,7 @@ def load_batch(path: str | os.PathLike) -> Batch:
                 raise BatchError(f'{where}: option "match" "audio" cannot be used with start/end/audio_start: '
                                  "remove the range, or use match video")
             seg = opts.segments.strip().lower() if isinstance(opts.segments, str) else ""
-            if seg not in ("auto", "all"):
+            if seg not in ("auto", "all") and job.face_ranges is None:
                 raise BatchError(f'{where}: option "segments" ranges apply to whole-video jobs; a job with '
                                  "start/end is one face range: make one job per face range instead")
         if output in (video, audio, checkpoint):
@@ -264,10 +319,27 @@ def prepare(job: Job, checkpoint: str) -> Prepared:
         clip = {"start_frame": s, "end_frame": e, "audio_start": a0}
         made_from = provenance.made_from(job.video, (s, e), job.audio, a0, (e - s) / info.fps, checkpoint,
                                          job.options)
+        if job.cut:
+            clip.update(cut_clip(job, info.fps, s, e))
+            made_from["cut"] = {"segments": clip["segments"], "sync_ranges": clip["sync_ranges"]}
     else:
         seconds = None if job.options.match == "audio" else info.frames / info.fps
         made_from = provenance.made_from(job.video, None, job.audio, 0.0, seconds, checkpoint, job.options)
-    return Prepared(job, checkpoint, made_from, provenance.make_key(made_from), clip)
+    return Prepared(job, checkpoint, made_from, provenance.make_key(made_from), clip, info.fps)
+
+
+def cut_clip(job: Job, fps: float, start: int, end: int) -> dict:
+    """A cut job's segments and dub ranges in source frames (rounded as start/end are), for sync_edit."""
+    frame = lambda t: int(round(t * fps))  # noqa: E731
+    if job.face_ranges is None:
+        seg = job.options.segments if isinstance(job.options.segments, str) else "auto"
+        segments = seg.strip().lower()
+    elif isinstance(job.face_ranges, str):
+        segments = job.face_ranges
+    else:
+        segments = [{"start_frame": frame(a), "end_frame": frame(b), "face": f} for a, b, f in job.face_ranges]
+    dub = [[frame(a), frame(b)] for a, b in job.dub_ranges] if job.dub_ranges is not None else [[start, end]]
+    return {"segments": segments, "sync_ranges": dub}
 
 
 class RendererCache:
@@ -336,9 +408,15 @@ def run_prepared(p: Prepared, renderers: RendererCache, progress: Progress | Non
         tmp = os.path.join(os.path.dirname(out),
                            f".{os.path.basename(out)}.{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{ext or '.mp4'}")
         renderer = renderers.get(p.checkpoint, job.options, progress)
+        extra = {}
         if p.clip is None:
             r = sync.sync(job.video, job.audio, tmp, p.checkpoint, job.options, progress, cancel, renderer=renderer)
             frames = r["frames"]
+        elif job.cut:
+            row = _run_cut(p, tmp, renderer, progress, cancel)
+            frames = row["frames"]
+            # what the Blender extension's import needs to place the result (no paths: the folder may move)
+            extra["clip"] = {k: v for k, v in row.items() if k not in ("output", "video")}
         else:
             clip = dict(p.clip, output=tmp, face=True)
             r = sync.sync_clips(job.video, job.audio, p.checkpoint, [clip], job.options, progress, cancel,
@@ -348,7 +426,7 @@ def run_prepared(p: Prepared, renderers: RendererCache, progress: Progress | Non
         seconds = time.perf_counter() - t0
         device = str(renderer.device)
         provenance.write_record(out, p.made_from, job=job.id, frames=frames, device=device, node=node,
-                                seconds=round(seconds, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                                seconds=round(seconds, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
         return Result(job.id, "done", "", out, frames, seconds, device, node)
     except LipsyncError as exc:
         return Result(job.id, "failed", str(exc), out, 0, time.perf_counter() - t0, "", node)
@@ -361,6 +439,28 @@ def run_prepared(p: Prepared, renderers: RendererCache, progress: Progress | Non
         if tmp:
             _remove(tmp)
             clean_partials(out)
+
+
+def _run_cut(p: Prepared, output: str, renderer, progress: Progress, cancel: CancelToken | None) -> dict:
+    """A cut job through the edit's own code path (sync.sync_edit), so it equals the extension's local press:
+    its audio file is the cut's whole dub, its face choice the clip's (the press sends the options' defaults
+    and each clip's choice)."""
+    import dataclasses
+
+    from . import sync
+
+    job, c = p.job, p.clip
+    o = job.options
+    s, e = c["start_frame"], c["end_frame"]
+    a0 = float(c["audio_start"])
+    lead = max(-a0, 0.0)  # an audio start before 0 s: silence first
+    clip = {"video": job.video, "start_frame": s, "end_frame": e, "output": output, "segments": c["segments"],
+            "sync_ranges": c["sync_ranges"],
+            "dub": [{"file": job.audio, "from": max(a0, 0.0), "at": lead, "seconds": (e - s) / p.fps - lead,
+                     "volume": 1.0}] if lead < (e - s) / p.fps else [],
+            "face_choice": {"point": list(o.face_at)} if o.face_at is not None else o.face}
+    base = dataclasses.replace(o, face=sync.SyncOptions.face, face_at=None)
+    return sync.sync_edit(p.checkpoint, [clip], base, progress, cancel, renderer=renderer)["clips"][0]
 
 
 # ----------------------------------------------------------------------------------------- progress

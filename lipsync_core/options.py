@@ -67,6 +67,10 @@ def add_sync_options(y, d) -> None:
     y.add_argument("--codec", choices=tuple(CODECS), default=d.codec,
                    help="result encoding: h264 (default; --crf, --x264-preset), prores (ProRes 422 HQ, 10-bit, .mov) "
                         "or ffv1 (lossless, the source's chroma and bit depth, .mkv)")
+    y.add_argument("--exact-size", action="store_true",
+                   help="keep the source's exact size: an odd width or height that the codec's 4:2:0 cannot hold "
+                        "is written in full chroma (H.264 yuv444p, FFV1 4:4:4) instead of padded by a pixel "
+                        "(ProRes still pads an odd width); the Blender extension's results use it")
     y.add_argument("--x264-preset", choices=X264_PRESETS, default=d.preset, metavar="PRESET",
                    help=f"H.264 encoder speed: {', '.join(X264_PRESETS)} (default {d.preset}); slower presets "
                         "give smaller files at the same quality and take CPU from the generator")
@@ -95,4 +99,5 @@ def options_from_args(args):
         o.crf = args.crf
         o.preset = args.x264_preset
         o.codec = args.codec
+        o.exact_size = args.exact_size
     return o

@@ -37,9 +37,9 @@ _memo_lock = threading.Lock()  # batch.prepare runs jobs' look-ups in threads
 
 # SyncOptions fields that change an output's pixels or sound. Not here: device, batch_size, cache (same
 # picture up to the precision the device runs at; see README "Batch / farm").
-PIXEL_OPTIONS = ("segments", "box", "pads", "smooth", "detector", "face", "blend", "match", "detect_width",
-                 "detect_every", "detect_max_every", "min_segment_seconds", "max_gap_seconds", "crf", "preset", "codec",
-                "exact_size")
+PIXEL_OPTIONS = ("segments", "box", "pads", "smooth", "detector", "face", "face_at", "blend", "match",
+                 "detect_width", "detect_every", "detect_max_every", "min_segment_seconds", "max_gap_seconds", "crf",
+                 "preset", "codec", "exact_size")
 
 
 def file_identity(path: str | os.PathLike) -> dict:

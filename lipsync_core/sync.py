@@ -803,7 +803,8 @@ def _face_ranges(clip: dict, start: int, end: int, track, fps: float, opts: Sync
 
 
 def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = None,
-              progress: Progress | None = None, cancel: CancelToken | None = None) -> dict:
+              progress: Progress | None = None, cancel: CancelToken | None = None,
+              renderer: ClipRenderer | None = None) -> dict:
     """The add-on's job for a whole edit: many clips from many source files, one model load.
 
     clip: {"video", "start_frame", "end_frame" (source frames, end exclusive), "output", "segments" ("auto",
@@ -812,6 +813,7 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
     plays; the mouth is redone only there, on frames showing a face), optional "face_choice" (as in
     sync_clips)}. Each output holds every frame of its
     range; frames outside face ranges keep their picture. Face detection runs once per source file.
+    `renderer`: as for sync() (a batch's cut jobs reuse one).
     """
     from .faces.track import face_boxes
     from .media import probe, probe_audio
@@ -838,8 +840,9 @@ def sync_edit(checkpoint: str, clips: list[dict], opts: SyncOptions | None = Non
                 sounds.add(str(part["file"]))
         _check_output(c["output"], [video, checkpoint] + [str(p["file"]) for p in c.get("dub") or []])
         progress.advance("checking the inputs")
-    progress.start("loading the model", None)
-    renderer = ClipRenderer(checkpoint, opts, progress)
+    if renderer is None:
+        progress.start("loading the model", None)
+        renderer = ClipRenderer(checkpoint, opts, progress)
     tracks: dict[str, object] = {}
     boxes_of: dict[str, np.ndarray] = {}
 

@@ -59,6 +59,11 @@ def run_job(job: dict, progress: JsonProgress, cancel: CancelToken) -> dict:
             return sync_edit(job.get("checkpoint") or "", clips, opts, progress, cancel)
         return sync_clips(_need(job, "video"), _need(job, "audio"), job.get("checkpoint") or "", clips,
                           opts, progress, cancel)
+    if command == "export_batch":  # the add-on's Export Batch: the dub mixes and JOBS.json of a farm folder
+        from .batch_export import export_batch
+
+        return export_batch(_need(job, "folder"), job.get("jobs") or {}, job.get("mixes") or [], job.get("files"),
+                            progress, cancel)
     if command == "check":  # the add-on's "Check" button: is this Python able to run the engine?
         import platform
 
@@ -66,7 +71,7 @@ def run_job(job: dict, progress: JsonProgress, cancel: CancelToken) -> dict:
 
         return {"torch": torch.__version__, "python": platform.python_version(), "cuda": torch.cuda.is_available(),
                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
-    raise LipsyncError(f"unknown job command {command!r}: expected segments, sync or check")
+    raise LipsyncError(f"unknown job command {command!r}: expected segments, sync, export_batch or check")
 
 
 def _need(job: dict, key: str) -> str:

@@ -283,7 +283,7 @@ def _modal(cls):
 
     reports = []
     op = SimpleNamespace(command=cls.command, report=lambda level, msg: reports.append((set(level), msg)))
-    for name in ("_begin", "modal", "cancel", "_end_modal", "_fail"):
+    for name in ("_begin", "make_steps", "modal", "cancel", "_end_modal", "_fail"):
         setattr(op, name, types.MethodType(getattr(cls, name), op))
     return op, reports
 

@@ -213,3 +213,80 @@ def test_detected_ranges_match_the_engines_own_output(tmp_path):
 
     out = segments_to_dict([EngineSegment(0, 30, True), EngineSegment(30, 50, False)], 25.0, 50)
     assert plan.detected_ranges(out) == [(0, 30, True), (30, 50, False)]
+
+
+# -- the farm batch folder (batch_io): path maps and the export's jobs
+
+
+def test_path_map_rewrites_by_the_longest_folder_and_back():
+    from addon import batch_io as bio
+
+    rules = bio.parse_path_map(" /mnt/projects=/shared/projects ; /mnt/projects/film=/film\n/Volumes/m/=/mnt/m ")
+    assert rules == [("/mnt/projects", "/shared/projects"), ("/mnt/projects/film", "/film"), ("/Volumes/m", "/mnt/m")]
+    assert bio.map_path("/mnt/projects/a/b.mp4", rules) == "/shared/projects/a/b.mp4"
+    assert bio.map_path("/mnt/projects/film/r1.mov", rules) == "/film/r1.mov"  # the longest folder wins
+    assert bio.map_path("/mnt/projects2/x.mp4", rules) == "/mnt/projects2/x.mp4"  # folders, not text prefixes
+    assert bio.map_path("/film/r1.mov", rules, inverse=True) == "/mnt/projects/film/r1.mov"
+    assert bio.farm_path("/mnt/projects/dub/dub/c.wav", "/mnt/projects/dub", rules) == ("dub/c.wav", True)
+    assert bio.farm_path("/home/me/x.mp4", "/mnt/projects/dub", rules) == ("/home/me/x.mp4", False)
+    for bad in ("/mnt/projects", "=/farm", "/here="):
+        with pytest.raises(PlanError, match="is not HERE=FARM"):
+            bio.parse_path_map(bad)
+
+
+def test_export_is_one_job_per_distinct_cut_in_the_batch_format(tmp_path):
+    from addon import batch_io as bio
+    from lipsync_core.batch import check_batch
+
+    src, dub, ckpt = tmp_path / "src.mp4", tmp_path / "dub.wav", tmp_path / "w.pth"
+    for f in (src, dub, ckpt):
+        f.write_bytes(b"x")
+    t = Timing(frame_start=1, final_start=1, final_end=26)
+    cuts = tuple(CutRef(n, str(src), t, 25.0, str(src), ((1, "LS face"), (11, "LS no face"), (26, "LS end")), fc)
+                 for n, fc in (("c1", "speaker"), ("c2", {"point": [10, 20]})))
+    d = DubRef("d", str(dub), Timing(frame_start=5, final_start=5, final_end=20), 0.5)
+    snap = EditSnapshot("S", 25.0, cuts, {"c1": (d,), "c2": (d,)}, checkpoint=str(ckpt), out_dir=str(tmp_path / "r"),
+                        options={"codec": "ffv1"})
+    plans = edit_plan.plan_cuts(snap)
+    exp = bio.build_export(snap, plans, str(tmp_path / "batch"), [(str(tmp_path), "/farm")], {"c1": ["d"]})
+    assert [j["options"] for j in exp.jobs["jobs"]] == [{"face": "speaker"}, {"face_at": [10.0, 20.0]}]
+    j = exp.jobs["jobs"][0]
+    assert (j["video"], j["audio"], j["output"]) == ("/farm/src.mp4", f"dub/{j['id']}.wav", f"out/{j['id']}.mkv")
+    assert (j["start"] * 25, j["end"] * 25, j["dub_ranges"]) == (0, 25, [[4 / 25, 19 / 25]])
+    assert j["face_ranges"] == [{"start": 0.0, "end": 0.4, "face": True}, {"start": 0.4, "end": 1.0, "face": False}]
+    assert exp.jobs["options"] == {"pads": [0, 10, 0, 0], "blend": "feather", "detector": "auto",
+                                   "no_smooth": False, "exact_size": True, "codec": "ffv1"}
+    assert exp.mixes[0]["dub"] == list(plans[0].dub) and exp.mixes[0]["seconds"] == 1.0
+    assert exp.manifest["jobs"][0]["key"] == plans[0].key and exp.manifest["jobs"][0]["cuts"] == ["c1"]
+    batch = check_batch(exp.jobs, tmp_path / "batch" / "JOBS.json")  # the engine reads it as written
+    assert batch.jobs[0].dub_ranges == [(0.16, 0.76)] and batch.jobs[1].options.face_at == (10.0, 20.0)
+    # two cuts with the same inputs share one job, as a press shares one result
+    c3 = CutRef("c3", str(src), t, 25.0, str(src), cuts[0].markers, "speaker")
+    same = EditSnapshot("S", 25.0, (cuts[0], c3), {"c1": (d,), "c3": (d,)}, checkpoint=str(ckpt),
+                        out_dir=str(tmp_path / "r"))
+    exp = bio.build_export(same, edit_plan.plan_cuts(same), str(tmp_path / "batch"), [], {})
+    assert len(exp.jobs["jobs"]) == 1 and exp.manifest["jobs"][0]["cuts"] == ["c1", "c3"]
+
+
+def test_reading_a_batch_folder_finished_failed_missing(tmp_path):
+    import json
+
+    from addon import batch_io as bio
+
+    jobs = [{"id": i, "output": f"out/{i}.mp4", "key": "k" + i, "cuts": ["c" + i], "dubs": {}} for i in "abcd"]
+    (tmp_path / bio.MANIFEST).write_text(json.dumps({"version": 1, "jobs": jobs}))
+    (tmp_path / "out").mkdir()
+    for i in "ab":  # finished: output and its record (b's job failed in an older run: the output wins)
+        (tmp_path / "out" / f"{i}.mp4").write_bytes(b"12345")
+        (tmp_path / "out" / f"{i}.mp4.lipsync.json").write_text(json.dumps(
+            {"job": i, "output": {"size": 5}, "clip": {"face_frames": 3}}))
+    (tmp_path / "out" / "d.mp4").write_bytes(b"partial")  # no record yet
+    (tmp_path / bio.REPORT).write_text(json.dumps({"jobs": [{"id": "b", "status": "failed"},
+                                                            {"id": "c", "status": "failed", "message": "no face"}]}))
+    st = bio.read_folder(str(tmp_path))
+    assert [(f.id, f.key, f.clip) for f in st.finished] == [("a", "ka", {"face_frames": 3}),
+                                                             ("b", "kb", {"face_frames": 3})]
+    assert st.failed == [("c", ["cc"], "no face")]
+    assert st.missing == [("d", ["cd"], "its output has no record (still being written?)")]
+    with pytest.raises(PlanError, match="holds no Lip Sync batch"):
+        bio.read_folder(str(tmp_path / "out"))

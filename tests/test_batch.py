@@ -1,4 +1,7 @@
-"""`python -m lipsync_core batch`: JOBS.json checks, local runs, resume, and a real two-node Ray cluster."""
+"""`python -m lipsync_core batch`: JOBS.json checks, local runs, resume, and a real two-node Ray cluster (also for
+the Blender extension's Export Batch -> the farm -> Import Batch Results, at the end)."""
+
+# ruff: noqa: F811  (pytest fixtures imported from other test modules come back as test arguments)
 
 import json
 import os
@@ -9,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import bpy
 import numpy as np
 import pytest
+from test_addon_batch import AS_UI, CUTS, _build, _frames, _psnr, _state, farm_media  # noqa: F401  (a fixture)
 
+import blender_env as be  # the installed extension (conftest points Blender's user folder at a temp one)
+from blender_env import checkpoint, lipsync_addon  # noqa: F401  (fixtures)
 from lipsync_core import audio as A
 from lipsync_core import cli, provenance
 from lipsync_core.media import FrameReader, probe
@@ -126,6 +133,9 @@ BAD = [
     ("same id", lambda d: d["jobs"][1].update(id="whole_a"), ['job "whole_a"', "id"]),
     ("same output", lambda d: d["jobs"][1].update(output=d["jobs"][0]["output"]), ['job "whole_b"', "whole_a"]),
     ("flag not bool", lambda d: d["jobs"][0].update(options={"no_smooth": "yes"}), ['"no_smooth"', "true or false"]),
+    ("bad face range", lambda d: d["jobs"][2].update(face_ranges=[{"start": 1, "end": 0.5, "face": True}]),
+     ['job "range_a"', '"face_ranges"']),
+    ("bad dub range", lambda d: d["jobs"][2].update(dub_ranges=[[0.5]]), ['job "range_a"', '"dub_ranges"']),
 ]
 
 
@@ -158,6 +168,8 @@ def test_options_are_the_sync_commands():
     o = parse_options({"crf": 0, "x264_preset": "veryslow", "pads": [0, 5, -2, 0], "no_smooth": True,
                        "detect_max_every": None}, "t")
     assert (o.crf, o.preset, o.pads, o.smooth) == (0, "veryslow", (0, 5, -2, 0), False)
+    assert parse_options({"exact_size": True, "codec": "ffv1"}, "t").exact_size is True  # the add-on's results
+    assert parse_options({}, "t").exact_size is False
 
 
 # ------------------------------------------------------------------------------------------- local runs
@@ -230,6 +242,12 @@ def test_record_key_follows_what_the_output_is_made_of(work, tmp_path):
     jobs["range_a"].audio_start = None
     jobs["range_a"].options.device = "cpu"  # where it runs is not what it is
     assert prepare(jobs["range_a"], batch.checkpoint).key == key
+    jobs["range_a"].options.face_at = (60.0, 40.0)  # another face
+    assert prepare(jobs["range_a"], batch.checkpoint).key != key
+    jobs["range_a"].options.face_at = None
+    jobs["range_a"].dub_ranges = [(0.4, 0.8)]  # a cut of an edit: the mouth redone only under its dub
+    assert prepare(jobs["range_a"], batch.checkpoint).key != key
+    jobs["range_a"].dub_ranges = None
     # a copy of the inputs somewhere else is the same content: the key does not hold paths
     copy = tmp_path / "copy.mp4"
     copy.write_bytes((work["dir"] / "media" / "a.mp4").read_bytes())
@@ -365,3 +383,183 @@ def test_cancel_stops_the_batch_and_reports_what_ran(work, tmp_path):
     assert set(cancelled) == set(rep) - set(done)  # the job cut short is not run, not a failure of its own
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert left == sorted([f"{j}.mp4" for j in done] + [f"{j}.mp4.lipsync.json" for j in done])
+
+
+# ------------------------------------------------------------------------- a cut of an edit (Export Batch)
+
+
+def test_cut_job_is_the_edits_own_clip(work, tmp_path):
+    """A job with face_ranges / dub_ranges runs as the Blender extension's press runs a cut (sync_edit): the
+    mouth redone only where a face segment and the dub meet, exact_size kept, the mixed dub as its sound; the
+    record keeps what the import needs."""
+    from lipsync_core import sync
+    from lipsync_core.batch_export import export_batch
+
+    m = work["dir"] / "media"
+    parts = [{"file": str(m / "speech.wav"), "from": 0.2, "at": 0.0, "seconds": 0.6, "volume": 0.8},
+             {"file": str(m / "tone.wav"), "from": 0.0, "at": 0.5, "seconds": 0.3, "volume": [0.5] * 8}]
+    face_ranges = [{"start": 0.4, "end": 0.8, "face": True}, {"start": 0.8, "end": 1.2, "face": False}]
+    job = {"id": "cut1", "video": str(m / "a.mp4"), "audio": "dub/cut1.wav", "output": "out/cut1.mp4",
+           "start": 0.4, "end": 1.2, "audio_start": 0, "face_ranges": face_ranges, "dub_ranges": [[0.44, 1.2]],
+           "options": {"face": "largest", "exact_size": True}}
+    doc = {"version": 1, "checkpoint": str(work["ckpt"]), "options": {"box": BOX, "detector": "opencv"},
+           "jobs": [job]}
+    folder = tmp_path / "farm"
+    bad = dict(doc, jobs=[dict(job, face_ranges=[{"start": 0.4, "end": 0.8, "face": "yes"}])])
+    with pytest.raises(Exception, match='"face" in "face_ranges"'):
+        export_batch(str(folder), bad, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8}])
+    assert not folder.exists()  # refused: nothing written
+    export_batch(str(folder), doc, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8}],
+                 {"manifest.json": {"x": 1}})
+    assert sorted(p.name for p in folder.rglob("*")) == ["JOBS.json", "cut1.wav", "dub", "manifest.json"]
+    kept = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    lost = [dict(parts[0], file=str(m / "gone.wav"))]
+    with pytest.raises(Exception, match="gone.wav"):  # a failing mix: the earlier export stays as it was
+        export_batch(str(folder), doc, [{"output": "dub/cut1.wav", "dub": parts, "seconds": 0.8},
+                                        {"output": "dub/cut2.wav", "dub": lost, "seconds": 0.8}])
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == kept
+    r = run_cli([str(folder / "JOBS.json"), "--report", str(folder / "REPORT.json")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = folder / "out" / "cut1.mp4"
+    rec = provenance.read_record(out)
+    assert rec["made_from"]["cut"] == {"segments": [{"start_frame": 10, "end_frame": 20, "face": True},
+                                                    {"start_frame": 20, "end_frame": 30, "face": False}],
+                                       "sync_ranges": [[11, 30]]}
+    assert rec["clip"]["face_frames"] == 9 and rec["clip"]["segments"][0]["start_frame"] == 10
+
+    # the same cut pressed locally: the same frames (the mouth from the same dub mix, heard at 16 kHz)
+    local = tmp_path / "local.mp4"
+    opts = sync.SyncOptions(box=tuple(BOX), detector="opencv", exact_size=True)
+    clip = {"video": str(m / "a.mp4"), "start_frame": 10, "end_frame": 30, "output": str(local), "dub": parts,
+            "segments": [{"start_frame": 10, "end_frame": 20, "face": True},
+                         {"start_frame": 20, "end_frame": 30, "face": False}],
+            "sync_ranges": [[11, 30]], "face_choice": "largest"}
+    row = sync.sync_edit(str(work["ckpt"]), [clip], opts)["clips"][0]
+    assert row["face_frames"] == rec["clip"]["face_frames"]
+    got, want = frames_of(out).astype(np.float32), frames_of(local).astype(np.float32)
+    source = frames_of(m / "a.mp4")[10:30].astype(np.float32)
+    assert got.shape == want.shape == source.shape
+    x1, y1, x2, y2 = BOX
+    mouth = (slice(None), slice((y1 + y2) // 2, y2), slice(x1, x2))
+    changed = np.abs(got - source)[mouth].mean(axis=(1, 2, 3))
+    assert (changed[1:10] > 20).all() and (changed[[0, *range(10, 20)]] < 5).all(), changed  # frames 11-19 only
+    assert np.abs(got - want)[mouth].mean() < 0.25 * np.abs(want - source)[mouth].mean()
+    heard = A.load_audio(str(out))
+    mix = sync.mix_dub(parts, 0.8)
+    k = min(len(heard), len(mix))
+    assert np.corrcoef(heard[:k], mix[:k])[0, 1] > 0.9
+
+
+# ------------------------------------------- from Blender: Export Batch -> the Ray cluster -> Import Batch Results
+
+
+def _batch(jobs: Path, cluster, report: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS=cluster.address, **ENV)
+    return subprocess.run([sys.executable, "-m", "lipsync_core", "batch", str(jobs), "--ray", "auto", "--report",
+                           str(report)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def pressed_here(lipsync_addon, checkpoint, farm_media, tmp_path_factory):
+    """The edit pressed here (the reference), its results moved aside so the import makes its own."""
+    be.configure(checkpoint)
+    project = tmp_path_factory.mktemp("farm_project")
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "edit.blend"))
+    scene = _build("Local", farm_media)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ENV.items():  # the press's engine runs as the farm's (fp32)
+            mp.setenv(k, v)
+        assert bpy.ops.lipsync.sync() == {"FINISHED"}
+    state = _state(scene)
+    shutil.move(project / "lipsync", project / "local_results")
+    yield {"project": project, "state": state, "results": project / "local_results"}
+    bpy.ops.wm.read_homefile(use_empty=True)  # a new, unsaved file again: later tests expect one
+
+
+def test_blender_export_run_on_ray_import_equals_the_local_press(pressed_here, farm_media, checkpoint, ray_cluster,
+                                                                  tmp_path):
+    project = pressed_here["project"]
+    scene = _build("Farm", farm_media)
+    before = _state(scene)
+    # the farm sees the media, the checkpoint and the export folder under other roots (symlinks play the share)
+    export, farm = project / "batch", tmp_path / "farm"
+    farm.mkdir()
+    for name, target in (("media", farm_media), ("ckpt", Path(checkpoint).parent), ("batch", export)):
+        (farm / name).symlink_to(target, target_is_directory=True)
+    path_map = f"{farm_media}={farm / 'media'}; {Path(checkpoint).parent}={farm / 'ckpt'}"
+
+    # a problem a press would show: the same list, nothing is written
+    scene.sequence_editor.strips["dub2"].select = False
+    with pytest.raises(RuntimeError, match=r"nothing was run:\n- 'cut2': no dub plays under it"):
+        bpy.ops.lipsync.export_batch(directory=str(export), path_map=path_map)
+    assert not export.exists()
+    scene.sequence_editor.strips["dub2"].select = True
+    assert _state(scene) == before
+
+    assert bpy.ops.lipsync.export_batch(directory=str(export), path_map=path_map) == {"FINISHED"}
+    doc = json.loads((export / "JOBS.json").read_text())
+    assert len(doc["jobs"]) == 2 and doc["checkpoint"] == str(farm / "ckpt" / Path(checkpoint).name)
+    assert {Path(j["video"]).parent for j in doc["jobs"]} == {farm / "media"}
+    assert all(not os.path.isabs(j[k]) for j in doc["jobs"] for k in ("audio", "output"))
+    assert doc["options"]["exact_size"] is True and doc["options"]["codec"] == "h264"
+    by_cut = {e["cuts"][0]: e for e in json.loads((export / "lipsync_batch.json").read_text())["jobs"]}
+    assert set(by_cut) == set(CUTS)
+
+    # the farm runs it from its own path; cut2's dub is lost there: that job fails, the other is done
+    wav2 = export / "dub" / f"{by_cut['cut2']['id']}.wav"
+    wav2.rename(wav2.with_suffix(".kept"))
+    r = _batch(farm / "batch" / "JOBS.json", ray_cluster, export / "REPORT.json")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert bpy.ops.lipsync.import_batch(directory=str(export)) == {"FINISHED"}
+    after_first = _state(scene)
+    cut1_local = pressed_here["state"]["strips"]["cut1"]
+    assert after_first["strips"]["cut1"] == cut1_local
+    assert after_first["strips"]["cut2"] == before["strips"]["cut2"]  # failed on the farm: unchanged
+    assert not after_first["strips"]["cut2.sound"][5]  # its own sound still plays
+    assert "1 of 1 cut(s)" in scene.lipsync.message and "not placed: cut2 (failed)" in scene.lipsync.message
+
+    # the dub back, the batch again: cut1 is skipped, cut2 done
+    wav2.with_suffix(".kept").rename(wav2)
+    r = _batch(farm / "batch" / "JOBS.json", ray_cluster, export / "REPORT.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = {j["id"]: j for j in json.loads((export / "REPORT.json").read_text())["jobs"]}
+    assert rep[by_cut["cut1"]["id"]]["status"] == "skipped" and rep[by_cut["cut2"]["id"]]["status"] == "done"
+
+    # cut2's dub changed since the export: named, nothing changed
+    scene.sequence_editor.strips["dub2"].volume = 0.5
+    assert bpy.ops.lipsync.import_batch(directory=str(export)) == {"FINISHED"}
+    assert "not placed: cut2 (changed)" in scene.lipsync.message
+    assert _state(scene) == after_first
+    scene.sequence_editor.strips["dub2"].volume = 1.0
+
+    bpy.ops.ed.undo_push(message="before the import")
+    assert bpy.ops.lipsync.import_batch(*AS_UI, directory=str(export)) == {"FINISHED"}
+    scene = bpy.data.scenes["Farm"]
+    got = _state(scene)
+    want = pressed_here["state"]
+    assert got["strips"] == want["strips"]  # same strips, ranges, channels, mute, files, custom properties
+    assert got["markers"] == want["markers"]
+    for cut in CUTS:  # the farm's result is the press's, up to the dub's resampling before the mel
+        name = Path(bpy.path.abspath(scene.sequence_editor.strips[cut].filepath)).name
+        farm_out, press_out = _frames(project / "lipsync" / name), _frames(pressed_here["results"] / name)
+        assert farm_out.shape == press_out.shape
+        source = _frames(farm_media / ("a.mp4" if cut == "cut1" else "b.mp4"))
+        start = scene.sequence_editor.strips[cut]["lipsync_src_start"]
+        source = source[start : start + len(farm_out)]
+        assert farm_out.shape == source.shape
+        made, off = _psnr(farm_out, press_out), _psnr(press_out, source)
+        assert made > 30 and made > off + 3, (cut, made, off)  # much nearer the press's than the source
+    # one undo: back to after the first import
+    bpy.ops.ed.undo()
+    assert _state(bpy.data.scenes["Farm"]) == after_first
+    # redone, a press finds every result in place: it starts no engine and changes nothing
+    bpy.ops.ed.redo()
+    assert _state(bpy.data.scenes["Farm"]) == got
+    wc = be.submodule("worker_client")
+    started, run = [], wc.WorkerProcess.run
+    wc.WorkerProcess.run = lambda self: (started.append(self.job), run(self))[1]
+    try:
+        assert bpy.ops.lipsync.sync() == {"FINISHED"}
+    finally:
+        wc.WorkerProcess.run = run
+    assert started == [] and _state(bpy.data.scenes["Farm"]) == got

@@ -109,11 +109,12 @@ def test_encoding_options_reach_the_engine(work):
     from lipsync_core.sync import SyncOptions, sync_clips
 
     args = build_parser().parse_args(["sync", "v", "a", "-o", "o.mp4", "--checkpoint", "c",
-                                      "--crf", "23", "--x264-preset", "veryfast"])
+                                      "--crf", "23", "--x264-preset", "veryfast", "--exact-size"])
     o = options_from_args(args)
-    assert (o.crf, o.preset) == (23, "veryfast")
+    assert (o.crf, o.preset, o.exact_size) == (23, "veryfast", True)
     d = options_from_args(build_parser().parse_args(["sync", "v", "a", "-o", "o.mp4", "--checkpoint", "c"]))
     assert (d.crf, d.preset) == (SyncOptions.crf, SyncOptions.preset) == (18, "superfast")
+    assert d.exact_size is False
     # the worker's path (options straight from a job): refused before anything runs
     out = work["dir"] / "never.mp4"
     clips = [{"start_frame": 0, "end_frame": 10, "audio_start": 0.0, "output": str(out), "face": True}]

@@ -244,3 +244,12 @@ def test_the_one_face_track_carries_the_chosen_face_to_its_exact_end():
                                          FaceSet([face], 40, 200, 100), speaker.FaceChoice("speaker"), None)
     assert [(s.start_frame, s.end_frame, s.face) for s in segs] == [(0, 27, True), (27, 40, False)]
     assert not np.isnan(rows[:27]).any() and np.isnan(rows[27:]).all()
+
+
+def test_a_face_segment_of_one_or_two_frames_is_scored_without_failing():
+    """A hand-placed marker pair two frames apart made the 3-frame smoothing return 3 values for 2 frames."""
+    x = np.array([0.0, 1.0, np.nan, 3.0, 4.0, 2.0])
+    assert np.allclose(speaker._smooth3(x), [0.5, 0.5, np.nan, 3.5, 3.0, 3.0], equal_nan=True)  # NaN ignored
+    for n in (0, 1, 2):
+        assert len(speaker._smooth3(np.arange(n, dtype=float))) == n
+        assert speaker.sync_score(np.arange(n, dtype=float), np.arange(n, dtype=float)) is None  # too short

@@ -114,10 +114,13 @@ def loudness(wav: np.ndarray, sr: int, fps: float, n: int) -> np.ndarray:
 
 def _smooth3(x: np.ndarray) -> np.ndarray:
     """A 3-frame mean that ignores NaN (a frame's change and its neighbours': one mouth movement spans them)."""
+    if len(x) == 0:
+        return x.astype(np.float64)
     v = np.where(np.isnan(x), 0.0, x)
     w = (~np.isnan(x)).astype(np.float64)
     k = np.ones(3)
-    num, den = np.convolve(v, k, "same"), np.convolve(w, k, "same")
+    # the centred part of the full convolution ("same" is as long as the kernel when x is shorter: 1-2 frames)
+    num, den = np.convolve(v, k)[1 : len(x) + 1], np.convolve(w, k)[1 : len(x) + 1]
     return np.where(w > 0, num / np.maximum(den, 1e-9), np.nan)
 
 
