@@ -147,3 +147,41 @@ def test_judge_wants_the_margin_over_the_encoders_error():
     assert coarse.max_diff == fine.max_diff == 2
     assert coarse.psnr_fast == pytest.approx(10 * np.log10(255 ** 2 / 4))
     assert coarse.keep_fast and not fine.keep_fast
+
+
+def test_the_encoder_is_measured_on_a_window_around_the_mouth(monkeypatch):
+    """At 1080p the encoder gets macroblock-aligned windows around each mouth (all one size), not whole frames;
+    a per-pixel "encoder" measures the same there as on whole frames, and a real one within a dB or so."""
+    from lipsync_core.composite import Compositor
+    from lipsync_core.media import encode_roundtrip
+
+    rng = np.random.default_rng(0)
+    base = cv2_blur(rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8))
+    frames = [np.roll(base, 3 * i, axis=1) for i in range(4)]
+    boxes = [(900 + 5 * i, 400, 1100 + 5 * i, 640) for i in range(4)]
+    exact = [rng.integers(90, 160, (96, 96, 3), dtype=np.uint8) for _ in range(4)]
+    seen = []
+
+    def noisy(xs):
+        seen.extend(x.shape for x in xs)
+        return [np.clip(x.astype(int) + 5, 0, 255).astype(np.uint8) for x in xs]
+
+    v = precision.judge(frames, boxes, exact, exact, Compositor("feather"), noisy)
+    assert len(set(seen)) == 1 and seen[0][0] % 16 == 0 and seen[0][1] % 16 == 0
+    assert seen[0][0] * seen[0][1] < 1080 * 1920 / 20
+    assert v.psnr_encode == pytest.approx(10 * np.log10(255 ** 2 / 25))
+    real = lambda xs: encode_roundtrip(xs, "25/1", crf=18)  # noqa: E731
+    windowed = precision.judge(frames, boxes, exact, exact, Compositor("feather"), real)
+    monkeypatch.setattr(precision, "ENCODE_MARGIN", 4000)  # the window grows to the whole frame
+    seen.clear()
+    whole = precision.judge(frames, boxes, exact, exact, Compositor("feather"), noisy)
+    assert seen[0][:2] == (1080, 1920)
+    whole = precision.judge(frames, boxes, exact, exact, Compositor("feather"), real)
+    print(f"encoder in the mouth: window {windowed.psnr_encode:.2f} dB, whole frames {whole.psnr_encode:.2f} dB")
+    assert abs(windowed.psnr_encode - whole.psnr_encode) < 1.5
+
+
+def cv2_blur(img):
+    import cv2
+
+    return cv2.GaussianBlur(img, (0, 0), 3)
