@@ -171,6 +171,8 @@ def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
 def mel_chunk_at(mel: np.ndarray, frame: int | np.ndarray, fps: float) -> np.ndarray:
     """Chunk(s) for video frame index(es), clamped like the reference's last chunk: (80,16) or (B,80,16)."""
     frames = np.atleast_1d(np.asarray(frame, np.int64))
+    if mel.shape[1] < MEL_STEP:  # sound shorter than one window (a cut of a few frames): silence after it
+        mel = np.pad(mel, ((0, 0), (0, MEL_STEP - mel.shape[1])), constant_values=-MAX_ABS)
     starts = (frames.astype(np.float64) * (80.0 / fps)).astype(np.int64)
     starts = np.minimum(starts, mel.shape[1] - MEL_STEP)
     idx = starts[:, None] + np.arange(MEL_STEP)[None, :]

@@ -173,3 +173,24 @@ def test_load_audio_errors(tmp_path):
         A.load_audio(str(junk))
     with pytest.raises(LipsyncError, match="too short"):
         A.melspectrogram(np.zeros(100, np.float32))
+
+
+def test_sound_shorter_than_one_window_is_padded_with_silence(tmp_path):
+    """A cut of a few frames has under 0.2 s of sound, fewer mel steps than one window: the window is filled
+    with silence (the normalised floor) instead of failing, and a whole sync of such a cut works."""
+    mel = A.melspectrogram(np.random.default_rng(0).standard_normal(1600).astype(np.float32) * 0.1)  # 0.1 s
+    assert mel.shape[1] < A.MEL_STEP
+    chunks = A.mel_chunk_at(mel, np.arange(3), 25.0)
+    assert chunks.shape == (3, 80, A.MEL_STEP)
+    assert np.array_equal(chunks[0][:, : mel.shape[1]], mel) and np.all(chunks[0][:, mel.shape[1]:] == -A.MAX_ABS)
+
+    from lipsync_core.sync import SyncOptions, sync
+    from tools import sample_media
+    from tools.random_weights import write_random_checkpoint
+
+    video = sample_media.write_video(tmp_path / "short.mp4", sample_media.astronaut_frames(3))
+    speech = sample_media.speech_wav(tmp_path / "s.wav", seconds=0.12)
+    ckpt = write_random_checkpoint(tmp_path / "w.pth")
+    result = sync(str(video), str(speech), str(tmp_path / "out.mp4"), str(ckpt),
+                  SyncOptions(segments="all", box=(100, 60, 220, 200), cache=False))
+    assert result["frames"] == 3 and (tmp_path / "out.mp4").exists()
