@@ -71,6 +71,17 @@ def new_scene(name: str = "Edit", fps: int = 25):
     return scene
 
 
+def place_strip(coll, kind: str, name: str, path, channel: int, content_at: int, lo: int, hi: int):
+    """A MOVIE or SOUND strip whose file's frame 0 sits at `content_at`, visible over [lo, hi), on `channel`
+    (made on a free channel first: a new strip may not overlap one already there)."""
+    new = coll.new_movie if kind == "MOVIE" else coll.new_sound
+    s = new(name, str(path), 20 + channel, content_at)
+    s.frame_offset_start = lo - content_at
+    s.frame_final_end = hi
+    s.channel = channel
+    return s
+
+
 def strips(scene):
     se = scene.sequence_editor
     return list(se.strips if hasattr(se, "strips") else se.sequences)

@@ -33,15 +33,6 @@ def farm_media(tmp_path_factory):
     return d
 
 
-def _place(coll, kind: str, name: str, path: Path, channel: int, content_at: int, lo: int, hi: int):
-    new = coll.new_movie if kind == "MOVIE" else coll.new_sound
-    s = new(name, str(path), 20 + channel, content_at)
-    s.frame_offset_start = lo - content_at
-    s.frame_final_end = hi
-    s.channel = channel
-    return s
-
-
 def _build(name: str, media: Path):
     """cut1 = a.mp4 5-35 at 1-31, cut2 = b.mp4 2-28 at 31-57, each with its own sound; the dub as two selected
     strips (one at volume 0.7), Segments from markers (a face marker pair in cut1, a 'has a face?' pair in cut2)."""
@@ -49,10 +40,10 @@ def _build(name: str, media: Path):
     scene.render.resolution_x, scene.render.resolution_y = 160, 120
     coll = scene.sequence_editor.strips
     for cut, path, at, lo, hi in (("cut1", media / "a.mp4", -4, 1, 31), ("cut2", media / "b.mp4", 29, 31, 57)):
-        _place(coll, "MOVIE", cut, path, 1, at, lo, hi)
-        _place(coll, "SOUND", f"{cut}.sound", path, 2, at, lo, hi)
-    _place(coll, "SOUND", "dub1", media / "speech.wav", 5, 6, *DUB1).volume = 0.7
-    _place(coll, "SOUND", "dub2", media / "speech.wav", 6, 20, *DUB2)
+        be.place_strip(coll, "MOVIE", cut, path, 1, at, lo, hi)
+        be.place_strip(coll, "SOUND", f"{cut}.sound", path, 2, at, lo, hi)
+    be.place_strip(coll, "SOUND", "dub1", media / "speech.wav", 5, 6, *DUB1).volume = 0.7
+    be.place_strip(coll, "SOUND", "dub2", media / "speech.wav", 6, 20, *DUB2)
     for frame, label in ((1, "LS face"), (20, "LS no face"), (31, "LS end"), (57, "mine")):
         scene.timeline_markers.new(label, frame=frame)
     scene.frame_start, scene.frame_end = 1, 56

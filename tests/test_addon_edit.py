@@ -36,28 +36,18 @@ def media(tmp_path_factory):
     return d
 
 
-def _place(coll, kind: str, name: str, path: Path, channel: int, content_at: int, lo: int, hi: int):
-    """A strip whose file's frame 0 sits at `content_at`, visible over [lo, hi), on `channel`."""
-    new = coll.new_movie if kind == "MOVIE" else coll.new_sound
-    s = new(name, str(path), 20 + channel, content_at)
-    s.frame_offset_start = lo - content_at
-    s.frame_final_end = hi
-    s.channel = channel
-    return s
-
-
 def _build(name: str, media: Path):
     scene = be.new_scene(name)
     scene.render.resolution_x, scene.render.resolution_y = 320, 240
     coll = scene.sequence_editor.strips
     a, b = media / "a.mp4", media / "b.mp4"
     for cut, path, at, lo, hi in (("cut1", a, 1, 1, 41), ("cut2", b, 36, 41, 71), ("cut3", a, 31, 71, 96)):
-        _place(coll, "MOVIE", cut, path, 1, at, lo, hi)
-        _place(coll, "SOUND", f"{cut}.sound", path, 2, at, lo, hi)
-    dub1 = _place(coll, "SOUND", "dub1", media / "speech.wav", 5, 11, *DUB1)
+        be.place_strip(coll, "MOVIE", cut, path, 1, at, lo, hi)
+        be.place_strip(coll, "SOUND", f"{cut}.sound", path, 2, at, lo, hi)
+    dub1 = be.place_strip(coll, "SOUND", "dub1", media / "speech.wav", 5, 11, *DUB1)
     dub1.volume = 0.8
-    _place(coll, "SOUND", "dub2", media / "speech.wav", 6, 10, *DUB2)
-    music = _place(coll, "SOUND", "music", media / "music.wav", 7, 1, 1, 96)
+    be.place_strip(coll, "SOUND", "dub2", media / "speech.wav", 6, 10, *DUB2)
+    music = be.place_strip(coll, "SOUND", "music", media / "music.wav", 7, 1, 1, 96)
     music.volume = 0.3
     music.select = False  # everything else stays selected (new strips are): own sounds must not count as dub
     cut2 = coll["cut2"]
