@@ -42,10 +42,6 @@ class Precision:
         base = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         return f"{base}-decoder" if self.decoder_only and self.dtype != torch.float32 else base
 
-    @property
-    def exact(self) -> bool:
-        return self.dtype == torch.float32
-
     @classmethod
     def of(cls, value: Precision | torch.dtype | str) -> Precision:
         """A Precision from itself, a torch dtype or a name (see parse_precision)."""
@@ -166,15 +162,3 @@ def pick_precision(device: torch.device | str, override: str | None = None) -> P
                       stacklevel=2)
         return FP32
     return wanted
-
-
-def describe(device: torch.device, precision: Precision | torch.dtype) -> str:
-    """One line for logs, e.g. "cpu (bf16)" or "cuda:0 NVIDIA H100 (fp16)"."""
-    short = Precision.of(precision).name
-    name = str(device)
-    if device.type == "cuda":
-        try:
-            name += " " + torch.cuda.get_device_name(device)
-        except (RuntimeError, AssertionError):  # the name is decoration only
-            name += " (unnamed)"
-    return f"{name} ({short})"
