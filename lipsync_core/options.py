@@ -49,6 +49,7 @@ def add_detection_options(sp, d) -> None:
 def add_sync_options(y, d) -> None:
     """The sync options (also the option names and checks of a batch's JOBS.json, see batch.py)."""
     from .media import CODECS, X264_PRESETS
+    from .media.encoder import AUTO_PRESET
 
     y.add_argument("--segments", default=d.segments,
                    help='auto (detect face/no-face parts), all (whole clip is a face part), or face ranges '
@@ -71,9 +72,10 @@ def add_sync_options(y, d) -> None:
                    help="keep the source's exact size: an odd width or height that the codec's 4:2:0 cannot hold "
                         "is written in full chroma (H.264 yuv444p, FFV1 4:4:4) instead of padded by a pixel "
                         "(ProRes still pads an odd width); the Blender extension's results use it")
-    y.add_argument("--x264-preset", choices=X264_PRESETS, default=d.preset, metavar="PRESET",
-                   help=f"H.264 encoder speed: {', '.join(X264_PRESETS)} (default {d.preset}); slower presets "
-                        "give smaller files at the same quality and take CPU from the generator")
+    y.add_argument("--x264-preset", choices=(AUTO_PRESET, *X264_PRESETS), default=d.preset, metavar="PRESET",
+                   help=f"H.264 encoder speed: {AUTO_PRESET} (default: superfast up to 1280x720, ultrafast above, "
+                        f"where x264 costs as much CPU as the generator), {', '.join(X264_PRESETS)}; slower "
+                        "presets give smaller files at the same quality and take CPU from the generator")
     y.add_argument("--match", choices=("video", "audio"), default=d.match,
                    help="video: keep every frame, audio trimmed/padded (default); audio: cut or loop the "
                         "video to the audio's length")

@@ -48,9 +48,8 @@ class SyncOptions:
     max_gap_seconds: float = 0.4  # a face lost for up to this long inside a face run is bridged
     cache: bool = True
     crf: int = 18  # x264 quality: lower is better and bigger (0-51)
-    # x264 speed/size trade: "superfast" leaves more CPU to the generator, which shares the cores with the
-    # encoder, at the same quality for bigger files (figures: README, bench)
-    preset: str = "superfast"
+    # x264 speed/size trade; "auto": superfast up to 1280x720, ultrafast above (media.encoder.x264_preset_for)
+    preset: str = "auto"
     # the result's encoding (media.encoder.CODECS): "h264" (.mp4), "prores" (422 HQ, .mov), "ffv1" (lossless, .mkv)
     codec: str = "h264"
     # the result has the source's exact size: an odd size H.264 / FFV1 cannot hold in 4:2:0 is written in full
@@ -343,14 +342,16 @@ class ClipRenderer:
         boxes: (len(frames), 4) int, -1 rows pass through. mel: for this clip, frame k uses mel chunk k.
         """
         from .media import VideoEncoder, encoded_size
-        from .media.encoder import codec_of, output_pix_fmt
+        from .media.encoder import codec_of, output_pix_fmt, x264_preset_for
 
         codec = codec_of(self.opts.codec)
         frame_format, colour = frame_format_for(codec, info, self.opts.exact_size)
-        enc_opts = {"crf": self.opts.crf, "preset": self.opts.preset, "color_space": info.color_space,
+        # the preset for the source's size, also for the precision check's small windows
+        preset = x264_preset_for(self.opts.preset, info.width, info.height)
+        enc_opts = {"crf": self.opts.crf, "preset": preset, "color_space": info.color_space,
                     "codec": codec.name, "frame_format": frame_format, "source_pix_fmt": info.pix_fmt,
                     "color_range": info.color_range, "exact_size": self.opts.exact_size}
-        encoding = codec.label + (f" crf {self.opts.crf}" if codec.name == "h264" else "")
+        encoding = codec.label + (f" crf {self.opts.crf} {preset}" if codec.name == "h264" else "")
 
         def encode_roundtrip(frames_, frame_format_=frame_format):
             from .media import encode_roundtrip as roundtrip
@@ -714,11 +715,12 @@ def _check_output(output: str, inputs: list[str], codec: str = "h264") -> None:
 
 def _check_encoding(opts: SyncOptions) -> None:
     from .media import X264_PRESETS
-    from .media.encoder import codec_of
+    from .media.encoder import AUTO_PRESET, codec_of
 
     codec_of(opts.codec)
-    if opts.preset not in X264_PRESETS:
-        raise LipsyncError(f"unknown x264 preset {opts.preset!r}: use one of {', '.join(X264_PRESETS)}")
+    if opts.preset != AUTO_PRESET and opts.preset not in X264_PRESETS:
+        raise LipsyncError(f"unknown x264 preset {opts.preset!r}: use {AUTO_PRESET} (the default) or one of "
+                           f"{', '.join(X264_PRESETS)}")
     if not (isinstance(opts.crf, int) and 0 <= opts.crf <= 51):
         raise LipsyncError(f"crf {opts.crf!r} is out of range: use a whole number from 0 (lossless) to 51")
 

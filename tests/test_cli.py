@@ -113,7 +113,7 @@ def test_encoding_options_reach_the_engine(work):
     o = options_from_args(args)
     assert (o.crf, o.preset, o.exact_size) == (23, "veryfast", True)
     d = options_from_args(build_parser().parse_args(["sync", "v", "a", "-o", "o.mp4", "--checkpoint", "c"]))
-    assert (d.crf, d.preset) == (SyncOptions.crf, SyncOptions.preset) == (18, "superfast")
+    assert (d.crf, d.preset) == (SyncOptions.crf, SyncOptions.preset) == (18, "auto")
     assert d.exact_size is False
     # the worker's path (options straight from a job): refused before anything runs
     out = work["dir"] / "never.mp4"

@@ -56,7 +56,39 @@ def test_bf16_is_kept_where_it_is_far_below_the_encoding(work):
     t = p["tried"][0]
     assert t["kept"] and t["psnr_fast"] >= t["psnr_encode"] + precision.MARGIN_DB
     assert t["max_diff"] <= precision.MAX_DIFF
-    assert len(logs) == 1 and logs[0].startswith("precision: using bf16 (bf16 vs fp32") and "H.264 crf 18" in logs[0]
+    assert len(logs) == 1 and logs[0].startswith("precision: using bf16 (bf16 vs fp32")
+    assert "H.264 crf 18 superfast itself" in logs[0]  # 320x240: the "auto" preset is superfast
+
+
+@needs_bf16
+def test_the_check_encodes_with_the_results_preset_above_hd(work, monkeypatch):
+    """Above 1280x720 the "auto" preset is ultrafast; the check's small windows around the mouth are encoded with
+    it too (the preset follows the source's size, not the window's), and so is the result."""
+    import cv2
+
+    from lipsync_core import media
+
+    presets, roundtrip = [], media.encode_roundtrip
+
+    def spy(frames, fps, **options):
+        presets.append((frames[0].shape, options["preset"]))
+        return roundtrip(frames, fps, **options)
+
+    monkeypatch.setattr(media, "encode_roundtrip", spy)
+
+    big = np.stack([cv2.resize(f, (1920, 1080)) for f in sample_media.astronaut_frames(4)])
+    clip = sample_media.write_video(work["dir"] / "hd.mp4", big)
+    events = io.StringIO()
+    out = work["dir"] / "hd_out.mp4"
+    x1, y1, x2, y2 = BOX
+    box = (x1 * 6, int(y1 * 4.5), x2 * 6, int(y2 * 4.5))  # 320x240 -> 1920x1080: the face's box
+    result = sync(str(clip), str(work["speech"]), str(out), str(work["calm"]),
+                  SyncOptions(segments="all", box=box, cache=False), progress=JsonProgress(stream=events))
+    logs = [e["message"] for e in map(json.loads, events.getvalue().splitlines()) if e["event"] == "log"]
+    verdicts = [m for m in logs if m.startswith("precision:")]
+    assert result["frames"] == 4 and verdicts and all("H.264 crf 18 ultrafast itself" in m for m in verdicts)
+    assert b"cabac=0 " in out.read_bytes()  # x264's settings in the stream: ultrafast has no CABAC
+    assert presets and all(p == "ultrafast" and shape[0] * shape[1] < 1280 * 720 for shape, p in presets)
 
 
 @needs_bf16
@@ -170,7 +202,8 @@ def test_the_encoder_is_measured_on_a_window_around_the_mouth(monkeypatch):
     assert len(set(seen)) == 1 and seen[0][0] % 16 == 0 and seen[0][1] % 16 == 0
     assert seen[0][0] * seen[0][1] < 1080 * 1920 / 20
     assert v.psnr_encode == pytest.approx(10 * np.log10(255 ** 2 / 25))
-    real = lambda xs: encode_roundtrip(xs, "25/1", crf=18)  # noqa: E731
+    # the result's preset for a 1920x1080 source (the renderer passes it for the windows too)
+    real = lambda xs: encode_roundtrip(xs, "25/1", crf=18, preset="ultrafast")  # noqa: E731
     windowed = precision.judge(frames, boxes, exact, exact, Compositor("feather"), real)
     monkeypatch.setattr(precision, "ENCODE_MARGIN", 4000)  # the window grows to the whole frame
     seen.clear()

@@ -273,12 +273,22 @@ def test_encoder_frame_count_differs_from_n_frames(clips, tmp_path):
     assert abs(len(audio_samples(out)) / 48000 - 30 / 25) <= AAC_FRAME
 
 
-@pytest.mark.parametrize("preset,crf,mark", [(None, None, b"subme=1 "), ("ultrafast", 30, b"cabac=0 ")])
-def test_encoder_preset_and_crf_reach_x264(tmp_path, preset, crf, mark):
-    """x264 writes its settings into the stream: the default (superfast, crf 18) and a chosen pair both land."""
-    frame = np.zeros((64, 64, 3), np.uint8)
+SUPERFAST, ULTRAFAST = b"subme=1 ", b"cabac=0 "  # how x264's settings string in the stream tells them apart
+
+
+@pytest.mark.parametrize("preset,crf,size,mark", [
+    (None, None, (64, 64), SUPERFAST),  # the default ("auto") up to 1280x720
+    ("auto", None, (1280, 720), SUPERFAST),
+    (None, None, (1920, 1080), ULTRAFAST),  # above 1280x720: x264 would cost as much as the generator
+    ("superfast", None, (1920, 1080), SUPERFAST),  # a named preset is kept at any size
+    ("ultrafast", 30, (64, 64), ULTRAFAST)])
+def test_encoder_preset_and_crf_reach_x264(tmp_path, preset, crf, size, mark):
+    """x264 writes its settings into the stream: the default (crf 18, the preset for the size) and a chosen pair
+    both land."""
+    w, h = size
+    frame = np.zeros((h, w, 3), np.uint8)
     kwargs = {k: v for k, v in (("preset", preset), ("crf", crf)) if v is not None}
-    with VideoEncoder(tmp_path / "p.mp4", 64, 64, "25", n_frames=3, **kwargs) as enc:
+    with VideoEncoder(tmp_path / "p.mp4", w, h, "25", n_frames=3, **kwargs) as enc:
         enc.write_many(np.stack([frame] * 3))
     data = (tmp_path / "p.mp4").read_bytes()
     assert f"crf={crf or 18}.0".encode() in data and mark in data

@@ -21,6 +21,18 @@ from .ffmpeg import SWS_FLAGS, SWS_MATRIX, YUV_SWS_FLAGS, tail
 from .probe import fraction, pix_fmt_depth, probe_audio
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+AUTO_PRESET = "auto"  # the default: x264_preset_for picks by frame size
+HD_PIXELS = 1280 * 720
+
+
+def x264_preset_for(preset: str, width: int, height: int) -> str:
+    """The x264 preset to run: a named one is itself; "auto" is "superfast" up to 1280x720 and "ultrafast"
+    above. x264's work grows with the pixels while the generator's does not (it sees a 96x96 face): at 640x360
+    superfast costs a few percent of a run, at 1920x1080 as much CPU as the generator, and ultrafast a third
+    of that, for files 10-30 % bigger and 0.5 dB lower PSNR at the same CRF (figures: README, Speed)."""
+    if preset != AUTO_PRESET:
+        return preset
+    return "ultrafast" if int(width) * int(height) > HD_PIXELS else "superfast"
 _AUDIO_RATE = 48000  # every output's audio rate: the editing standard, and any input rate resamples to it
 
 
@@ -152,7 +164,7 @@ class VideoEncoder:
 
     def __init__(self, out_path, width: int, height: int, fps_rational: str, audio_path=None,
                  audio_start: float = 0.0, n_frames: int | None = None, crf: int = 18,
-                 preset: str = "superfast", color_space: str | None = None, queue_frames: int = 8,
+                 preset: str = AUTO_PRESET, color_space: str | None = None, queue_frames: int = 8,
                  codec: str = "h264", frame_format: str = "bgr24", source_pix_fmt: str | None = None,
                  color_range: str | None = None, exact_size: bool = False):
         self.out_path = Path(out_path)
@@ -188,7 +200,7 @@ class VideoEncoder:
         self.audio_start = float(audio_start)
         self._audio_info = probe_audio(self.audio_path) if self.audio_path else None
         self.n_frames = n_frames
-        self.crf, self.preset = crf, preset
+        self.crf, self.preset = crf, x264_preset_for(preset, self.width, self.height)
         self.frames_written = 0
         suffix = self.out_path.suffix or self.codec.extensions[0]
         self._muxer = _MUXERS.get(suffix.lower(), "mp4")
@@ -208,7 +220,7 @@ class VideoEncoder:
             cmd += ["-map", "0:v:0", "-an"]
         c_args = list(self.codec.video_args)
         if self.codec.name == "h264":
-            c_args += ["-preset", preset, "-crf", str(crf)]
+            c_args += ["-preset", self.preset, "-crf", str(crf)]
         cmd += ["-vf", ",".join(self._video_filters(color_space, color_range)),
                 *self._color_tags(color_space, color_range),
                 "-c:v", *c_args, "-pix_fmt", self.pix_fmt,
