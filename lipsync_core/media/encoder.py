@@ -28,11 +28,13 @@ HD_PIXELS = 1280 * 720
 def x264_preset_for(preset: str, width: int, height: int) -> str:
     """The x264 preset to run: a named one is itself; "auto" is "superfast" up to 1280x720 and "ultrafast"
     above. x264's work grows with the pixels while the generator's does not (it sees a 96x96 face): at 640x360
-    superfast costs a few percent of a run, at 1920x1080 as much CPU as the generator, and ultrafast a third
-    of that, for files 10-30 % bigger and 0.5 dB lower PSNR at the same CRF (figures: README, Speed)."""
+    the preset hardly shows in a run's speed, at 1920x1080 superfast costs about as much CPU as the generator
+    and ultrafast far less, for somewhat bigger files at the same CRF (figures: README, Speed)."""
     if preset != AUTO_PRESET:
         return preset
     return "ultrafast" if int(width) * int(height) > HD_PIXELS else "superfast"
+
+
 _AUDIO_RATE = 48000  # every output's audio rate: the editing standard, and any input rate resamples to it
 
 
