@@ -603,6 +603,10 @@ def sync(video: str, audio: str, output: str, checkpoint: str, opts: SyncOptions
 
     segments = segments or resolve_segments(video, info, opts, progress, cancel, clock)
     face_segs = [s for s in segments if s.face]
+    if not face_segs:  # not an error (a cut may have no face), but rarely what someone asking for lip sync wants
+        progress.log("warning: no face was found in any frame, so the result is the video with the new audio and "
+                     "nothing lip-synced. If there is a face: try --detector sfd (python -m lipsync_core weights "
+                     "download s3fd), raise --detect-width for small faces, or give --box X1 Y1 X2 Y2")
     choices: list = []
     boxes = plan_boxes(video, info, opts, face_segs, progress, cancel, clock, report=choices)
 

@@ -164,6 +164,15 @@ def test_bad_inputs(work, tmp_path):
         expect="no face was found in 1.7")
 
 
+def test_a_clip_without_any_face_warns_and_keeps_its_picture(work, tmp_path):
+    clip = sample_media.write_video(tmp_path / "noface.mp4", sample_media.noface_frames(20))
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", clip, work["speech"], "-o", out, "--checkpoint", work["ckpt"], "--detector", "opencv")
+    assert r.returncode == 0, r.stderr
+    assert "warning: no face was found in any frame" in r.stderr and "--box" in r.stderr
+    assert "0 lip-synced in 0 face segment(s)" in r.stderr and probe(str(out)).has_audio
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -101,8 +101,8 @@ def test_bf16_in_the_decoder_only_is_kept_where_bf16_throughout_is_not(work):
     assert whole["precision"] == "bf16" and not whole["kept"] and whole["max_diff"] > precision.MAX_DIFF
     assert part["precision"] == "bf16-decoder" and part["kept"] and part["max_diff"] <= precision.MAX_DIFF
     assert part["psnr_encode"] == whole["psnr_encode"]  # the encoding measured once, on the same fp32 frames
-    assert logs[0].startswith("precision: keeping fp32 (bf16 vs fp32")
-    assert logs[1].startswith("precision: using bf16-decoder (bf16-decoder vs fp32")
+    assert logs[0].startswith("precision: keeping fp32 (bf16 vs fp32") and "> cap 8" in logs[0]
+    assert "<= cap 8" in logs[1] and logs[1].startswith("precision: using bf16-decoder (bf16-decoder vs fp32")
 
 
 @needs_bf16
@@ -179,6 +179,10 @@ def test_judge_wants_the_margin_over_the_encoders_error():
     assert coarse.max_diff == fine.max_diff == 2
     assert coarse.psnr_fast == pytest.approx(10 * np.log10(255 ** 2 / 4))
     assert coarse.keep_fast and not fine.keep_fast
+    # the log names the test that failed: here the PSNR one, not the cap
+    line = fine.describe("bf16", "H.264 crf 18 superfast")
+    assert "42.1 dB in the mouth < 46.1 needed (H.264 crf 18 superfast itself 36.1 dB + 10)" in line, line
+    assert "largest difference 2/255 <= cap 8" in line and line.startswith("precision: keeping fp32")
 
 
 def test_the_encoder_is_measured_on_a_window_around_the_mouth(monkeypatch):
