@@ -1,4 +1,5 @@
-"""Blender 4.2 LTS smoke test: install, detect_segments, a bad-input report, disable.
+"""Blender 4.2 LTS smoke test: install, detect_segments, the refusals of sync, the batch operators and Restore
+Original, the engine check, the face choice, disable.
 
 Needs a Python with the bpy 4.2 wheel (`pip install "bpy==4.2.*" "numpy<2"` in a separate venv) named by
 LIPSYNC_BPY42_PYTHON; skipped otherwise. That wheel has no audio (`new_sound` fails), so sync itself is
@@ -43,6 +44,22 @@ def test_extension_on_blender_42(tmp_path):
         except RuntimeError as exc:
             print("SYNC", exc)
         assert len(scene.sequence_editor.sequences_all) == 1
+        # the operators added since 4.2 was first checked: their checks and refusals on 4.2's API
+        assert bpy.ops.lipsync.check_python() == {{"FINISHED"}}
+        import importlib
+        face_choice = importlib.import_module(mod + ".face_choice")
+        m.lipsync_face.mode = "POINT"
+        m.lipsync_face.point = (12.0, 34.0)
+        print("FACE", face_choice.face_option_for(m))
+        for op, kw in ((bpy.ops.lipsync.export_batch, dict(directory={str(tmp_path / "export")!r})),
+                       (bpy.ops.lipsync.import_batch, dict(directory={str(tmp_path)!r})),
+                       (bpy.ops.lipsync.restore_original, {{}})):
+            try:
+                op(**kw)
+            except RuntimeError as exc:
+                print("REFUSED", str(exc).splitlines()[0])
+        assert not os.path.exists({str(tmp_path / "export" / "JOBS.json")!r})
+        assert len(scene.sequence_editor.sequences_all) == 1
         bpy.ops.preferences.addon_disable(module=mod)
         print("OK")
     """)
@@ -51,3 +68,9 @@ def test_extension_on_blender_42(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "MARKERS [(1, 'LS face'), (31, 'LS no face'), (51, 'LS face'), (81, 'LS end')]" in r.stdout
     assert "SYNC Error: No audio strip chosen" in r.stdout and "OK" in r.stdout
+    assert "FACE {'point': [12.0, 34.0]}" in r.stdout
+    refused = [ln for ln in r.stdout.splitlines() if ln.startswith("REFUSED")]
+    assert len(refused) == 3, r.stdout[-3000:]
+    assert "No audio strip chosen" in refused[0]  # Export Batch: the press's own problem list, nothing written
+    assert "holds no Lip Sync batch" in refused[1]
+    assert "Select the strips that show a lip-synced result" in refused[2]
