@@ -223,17 +223,15 @@ class HelperOperator(BlockingOrModal):
         redraw_preferences(context)
         return {"RUNNING_MODAL"}
 
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            self._task.cancel()
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
+    def _request_cancel(self) -> None:
+        self._task.cancel()
+
+    def _advance(self, context) -> bool:
         finished = self._task.drain()
         redraw_preferences(context)
-        if not finished:
-            return {"PASS_THROUGH"}  # other handlers' timers must still reach them
-        self._end_modal(context)
+        return finished
+
+    def _finish(self, context):
         return self._conclude(context, self._task, self._task.outcome)
 
     def cancel(self, context):

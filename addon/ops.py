@@ -140,16 +140,14 @@ class JobOperator(BlockingOrModal):
         wm.progress_begin(0, 100)
         return {"RUNNING_MODAL"}
 
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            self._job.cancel()
-            self.report({"INFO"}, "Cancelling lip sync...")
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        if not pump(context, self._job):
-            return {"PASS_THROUGH"}  # other handlers' timers must still reach them
-        self._end_modal(context)
+    def _request_cancel(self) -> None:
+        self._job.cancel()
+        self.report({"INFO"}, "Cancelling lip sync...")
+
+    def _advance(self, context) -> bool:
+        return pump(context, self._job)
+
+    def _finish(self, context):
         # Returning FINISHED makes Blender push this operator's one undo step, right after the apply.
         result, level, msg = conclude(context, self._job, self._job.outcome)
         self.report({level}, msg)

@@ -283,7 +283,8 @@ def _modal(cls):
 
     reports = []
     op = SimpleNamespace(command=cls.command, report=lambda level, msg: reports.append((set(level), msg)))
-    for name in ("_begin", "make_steps", "modal", "cancel", "_end_modal", "_fail"):
+    for name in ("_begin", "make_steps", "modal", "cancel", "_end_modal", "_fail", "_request_cancel", "_advance",
+                 "_finish"):
         setattr(op, name, types.MethodType(getattr(cls, name), op))
     return op, reports
 

@@ -210,7 +210,8 @@ def _modal(cls):
     reports = []
     op = SimpleNamespace(kind=cls.kind, report=lambda level, msg: reports.append((set(level), msg)),
                          venv_dir="", model="PREFERENCES", directory="")
-    for name in ("_begin", "modal", "cancel", "_end_modal", "_conclude", "_refuse", "make", "apply"):
+    for name in ("_begin", "modal", "cancel", "_end_modal", "_conclude", "_refuse", "make", "apply", "_request_cancel",
+                 "_advance", "_finish"):
         setattr(op, name, types.MethodType(getattr(cls, name), op))
     return op, reports
 
