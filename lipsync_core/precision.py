@@ -43,8 +43,7 @@ class Verdict:
         on 12 frame(s))`."""
         verdict = f"using {fast}" if self.keep_fast else "keeping fp32"
         need = self.psnr_encode + MARGIN_DB
-        psnr_ok = self.psnr_fast >= need
-        diff_ok = self.max_diff <= MAX_DIFF
+        psnr_ok, diff_ok = _passes(self.psnr_fast, self.psnr_encode, self.max_diff)
         why = (f"{fast} vs fp32 {self.psnr_fast:.1f} dB in the mouth {'>=' if psnr_ok else '<'} {need:.1f} needed "
                f"({encoding} itself {self.psnr_encode:.1f} dB + {MARGIN_DB:g}); largest difference "
                f"{self.max_diff:.0f}/255 {'<=' if diff_ok else '>'} cap {MAX_DIFF}; on {self.frames} frame(s)")
@@ -57,6 +56,11 @@ class Verdict:
         return {"psnr_fast": num(self.psnr_fast), "psnr_encode": num(self.psnr_encode),
                 "max_diff": round(float(self.max_diff), 2), "frames": self.frames,
                 "margin_db": MARGIN_DB, "max_diff_cap": MAX_DIFF}
+
+
+def _passes(psnr_fast: float, psnr_encode: float, max_diff: float) -> tuple[bool, bool]:
+    """The rule's two tests: (the margin over the encoder's PSNR, the cap on the largest difference)."""
+    return psnr_fast >= psnr_encode + MARGIN_DB, max_diff <= MAX_DIFF
 
 
 def _psnr(sq_err_sum: float, count: int) -> float:
@@ -140,5 +144,4 @@ def judge(frames, boxes, exact_faces, fast_faces, compositor, encode, colour=Non
         sq_enc += float(np.sum(d * d))
         count_enc += d.size
     psnr_fast, psnr_enc = _psnr(sq_fast, count), _psnr(sq_enc, count_enc)
-    keep = psnr_fast >= psnr_enc + MARGIN_DB and worst <= MAX_DIFF
-    return Verdict(keep, psnr_fast, psnr_enc, worst, n)
+    return Verdict(all(_passes(psnr_fast, psnr_enc, worst)), psnr_fast, psnr_enc, worst, n)
