@@ -164,7 +164,7 @@ def test_bad_inputs(work, tmp_path):
         expect="no face was found in 1.7")
 
 
-def test_a_clip_without_any_face_warns_and_keeps_its_picture(work, tmp_path):
+def test_a_clip_without_any_face_warns_and_still_gets_the_new_audio(work, tmp_path):
     clip = sample_media.write_video(tmp_path / "noface.mp4", sample_media.noface_frames(20))
     out = tmp_path / "out.mp4"
     r = run_cli("sync", clip, work["speech"], "-o", out, "--checkpoint", work["ckpt"], "--detector", "opencv")
